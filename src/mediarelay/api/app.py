@@ -1,0 +1,51 @@
+"""The ASGI application: FastAPI for everything documented, a thin fast path in front for status GETs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp
+
+from mediarelay import __version__
+from mediarelay.api import files
+from mediarelay.api.fastpath import FastStatus
+from mediarelay.api.limits import BodyLimit
+from mediarelay.api.routes import dialect_router
+from mediarelay.api.services import Services
+from mediarelay.config import Settings
+from mediarelay.dialects import DIALECTS
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> ASGIApp:
+    """Build the app; the services (database, engine, driver) start and stop with its lifespan."""
+    svc = services or Services.build(settings or Settings())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await svc.start()
+        try:
+            yield
+        finally:
+            await svc.stop()
+
+    api = FastAPI(
+        title="mediarelay",
+        version=__version__,
+        description="Self-hosted gateway for asynchronous AI media-generation tasks.",
+        lifespan=lifespan,
+    )
+    api.state.services = svc
+    svc.errors.install(api)
+    for dialect in DIALECTS:
+        api.include_router(dialect_router(dialect))
+    api.include_router(files.router)
+
+    @api.get("/healthz", tags=["Operations"], summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    # Outermost first: status GETs are answered before any framework code runs.
+    app: ASGIApp = BodyLimit(api, svc.errors, svc.settings.max_body_bytes)
+    return FastStatus(app, svc.status, DIALECTS)

@@ -1,0 +1,98 @@
+"""Errors in the caller's dialect: the path decides the envelope, wherever the error was raised."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from mediarelay.dialects.base import Dialect
+from mediarelay.dialects.common import validation_error
+from mediarelay.domain import ErrorKind, MediarelayError
+
+log = logging.getLogger("mediarelay.api")
+
+OPENAI_TYPES = {
+    ErrorKind.INVALID_REQUEST: "invalid_request_error",
+    ErrorKind.UNAUTHORIZED: "authentication_error",
+    ErrorKind.FORBIDDEN: "permission_error",
+    ErrorKind.NOT_FOUND: "invalid_request_error",
+    ErrorKind.CONFLICT: "invalid_request_error",
+    ErrorKind.TOO_LARGE: "invalid_request_error",
+    ErrorKind.INSUFFICIENT_QUOTA: "insufficient_quota",
+    ErrorKind.RATE_LIMITED: "rate_limit_error",
+    ErrorKind.UNAVAILABLE: "server_error",
+    ErrorKind.INTERNAL: "server_error",
+}
+
+HTTP_KINDS = {
+    400: ErrorKind.INVALID_REQUEST,
+    401: ErrorKind.UNAUTHORIZED,
+    403: ErrorKind.FORBIDDEN,
+    404: ErrorKind.NOT_FOUND,
+    405: ErrorKind.INVALID_REQUEST,
+    409: ErrorKind.CONFLICT,
+    413: ErrorKind.TOO_LARGE,
+    429: ErrorKind.RATE_LIMITED,
+}
+
+
+def openai_error(err: MediarelayError) -> tuple[int, Any]:
+    """The envelope for paths no dialect owns (and the OpenAI-style dialects)."""
+    return err.http_status, {
+        "error": {
+            "message": err.message,
+            "type": OPENAI_TYPES[err.kind],
+            "param": err.param,
+            "code": err.kind.value,
+        }
+    }
+
+
+class ErrorRenderer:
+    def __init__(self, dialects: Sequence[Dialect]) -> None:
+        self.dialects = dialects
+
+    def dialect_for(self, path: str) -> Dialect | None:
+        return next((d for d in self.dialects if d.owns(path)), None)
+
+    def body(self, path: str, err: MediarelayError) -> tuple[int, bytes]:
+        dialect = self.dialect_for(path)
+        status, payload = dialect.error(err) if dialect else openai_error(err)
+        return status, orjson.dumps(payload)
+
+    def response(self, path: str, err: MediarelayError, headers: dict[str, str] | None = None) -> Response:
+        status, body = self.body(path, err)
+        return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+    def install(self, app: FastAPI) -> None:
+        async def on_mediarelay(request: Request, exc: Exception) -> Response:
+            assert isinstance(exc, MediarelayError)
+            return self.response(request.url.path, exc)
+
+        async def on_validation(request: Request, exc: Exception) -> Response:
+            assert isinstance(exc, RequestValidationError)
+            return self.response(request.url.path, validation_error(list(exc.errors())))
+
+        async def on_http(request: Request, exc: Exception) -> Response:
+            assert isinstance(exc, HTTPException)
+            kind = HTTP_KINDS.get(exc.status_code, ErrorKind.INTERNAL)
+            message = {404: "not found", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
+            status, body = self.body(request.url.path, MediarelayError(kind, message))
+            status = 405 if exc.status_code == 405 else status
+            return Response(body, status_code=status, media_type="application/json", headers=exc.headers)
+
+        async def on_crash(request: Request, exc: Exception) -> Response:
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            return self.response(request.url.path, MediarelayError(ErrorKind.INTERNAL, "internal error"))
+
+        app.add_exception_handler(MediarelayError, on_mediarelay)
+        app.add_exception_handler(RequestValidationError, on_validation)
+        app.add_exception_handler(HTTPException, on_http)
+        app.add_exception_handler(Exception, on_crash)

@@ -1,0 +1,1 @@
+"""Prices, balances and the ledger (grows with the billing issue)."""

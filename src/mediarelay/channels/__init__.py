@@ -1,0 +1,1 @@
+"""Channel types: one module each, registered in `registry.TYPES`."""

@@ -1,0 +1,6 @@
+"""The published API dialects mediarelay serves; one module each, registered here (one line per dialect)."""
+
+from mediarelay.dialects import avatar
+from mediarelay.dialects.base import Dialect
+
+DIALECTS: tuple[Dialect, ...] = (avatar.dialect,)

@@ -1,0 +1,106 @@
+"""Validation and id helpers every dialect shares."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+import uuid
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, ValidationError
+
+from mediarelay.domain import MediarelayError, invalid
+
+MAX_URL = 4096
+MAX_INLINE_MEDIA = 20 * 1024 * 1024  # decoded bytes of a base64 upload
+MAX_PROMPT = 8000
+
+
+def check_url(value: str) -> str:
+    """An http(s) URL with a host. Form only: fetching (and SSRF checks) is the fetching channel's job."""
+    value = value.strip()
+    if len(value) > MAX_URL:
+        raise ValueError(f"URL longer than {MAX_URL} characters")
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http(s) URL with a host")
+    if any(c.isspace() for c in value):
+        raise ValueError("URL must not contain white space")
+    return value
+
+
+def check_url_or_base64(value: str) -> str:
+    """A URL, a `data:` URI, or bare base64 of at most MAX_INLINE_MEDIA bytes."""
+    value = value.strip()
+    if value.startswith(("http://", "https://")):
+        return check_url(value)
+    payload = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
+    if len(payload) * 3 // 4 > MAX_INLINE_MEDIA:
+        raise ValueError(f"inline media larger than {MAX_INLINE_MEDIA} bytes")
+    try:
+        base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be an http(s) URL or base64 data") from None
+    if not payload:
+        raise ValueError("must be an http(s) URL or base64 data")
+    return value
+
+
+def check_prompt(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    if len(value) > MAX_PROMPT:
+        raise ValueError(f"longer than {MAX_PROMPT} characters")
+    return value
+
+
+Url = Annotated[str, AfterValidator(check_url)]
+UrlOrBase64 = Annotated[str, AfterValidator(check_url_or_base64)]
+Prompt = Annotated[str, AfterValidator(check_prompt)]
+
+
+def describe(exc: ValidationError | list[dict[str, Any]]) -> tuple[str, str | None]:
+    """One readable sentence from pydantic's errors, plus the first offending parameter."""
+    errors = exc.errors() if isinstance(exc, ValidationError) else exc
+    parts = []
+    first: str | None = None
+    for err in errors[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        first = first or loc or None
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts) or "invalid request", first
+
+
+def validation_error(exc: ValidationError | list[dict[str, Any]]) -> MediarelayError:
+    message, param = describe(exc)
+    return invalid(message, param)
+
+
+def hex_id(nbytes: int = 16) -> str:
+    return secrets.token_hex(nbytes)
+
+
+def uuid_id() -> str:
+    return str(uuid.uuid4())
+
+
+def object_id(task_id: str) -> str:
+    """A 24-hex "object id" (timestamp + randomness) derived from the task's ULID, stable forever."""
+    from ulid import ULID
+
+    raw = bytes(ULID.from_str(task_id))
+    seconds = int.from_bytes(raw[:6], "big") // 1000
+    return (seconds.to_bytes(4, "big") + raw[8:16]).hex()
+
+
+def seed_of(task_id: str) -> int:
+    """A stable 32-bit seed for a task (the dialects publish one)."""
+    from ulid import ULID
+
+    return int.from_bytes(bytes(ULID.from_str(task_id))[-4:], "big")

@@ -1,0 +1,1 @@
+"""Result-file storage backends."""

@@ -1,0 +1,45 @@
+"""Result files on the local filesystem, written atomically and content-addressed by checksum."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+CHUNK = 1 << 20
+
+
+class LocalStorage:
+    """Files live at `<root>/<key>`; `staging` holds partial files that are renamed into place whole."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.staging = self.root / ".staging"
+        self.staging.mkdir(parents=True, exist_ok=True)
+
+    def new_staging_path(self, suffix: str) -> Path:
+        return self.staging / f"{uuid.uuid4().hex}{suffix}"
+
+    def path(self, key: str) -> Path:
+        """The file for `key`; refuses keys that would escape the root."""
+        target = (self.root / key).resolve()
+        if self.root not in target.parents or key.startswith("."):
+            raise ValueError(f"bad storage key {key!r}")
+        return target
+
+    def put(self, key: str, src: Path) -> tuple[int, str]:
+        """Move a finished staging file into place; returns (size, sha256). Re-putting a key replaces it."""
+        digest = hashlib.sha256()
+        size = 0
+        with src.open("rb") as fh:
+            while chunk := fh.read(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, target)
+        return size, digest.hexdigest()
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()

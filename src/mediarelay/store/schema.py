@@ -1,0 +1,113 @@
+"""One portable schema for SQLite and PostgreSQL (migrations in `migrations/` mirror it).
+
+Times are epoch milliseconds in BIGINTs: no timezone ambiguity on SQLite, and the dialects
+publish milliseconds anyway.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING)
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+SeqType = BigInteger().with_variant(Integer, "sqlite")
+JsonType = JSON().with_variant(JSONB, "postgresql")
+
+ACTIVE = "status IN ('queued', 'running', 'finalizing')"
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False, default=""),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("is_admin", Boolean, nullable=False, default=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger, nullable=True),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("id", String(26), nullable=False, unique=True),
+    Column("public_id", String(128), nullable=False, unique=True),
+    Column("dialect", String(32), nullable=False),
+    Column("key_id", String(32), ForeignKey("api_keys.id"), nullable=False),
+    Column("parent_id", String(26), nullable=True, index=True),
+    Column("model", String(100), nullable=False),
+    Column("operation", String(32), nullable=False),
+    Column("params", JsonType, nullable=False),
+    Column("request", JsonType, nullable=False),
+    Column("channel", String(100), nullable=True),
+    Column("upstream_id", String(256), nullable=True),
+    Column("attempt", Integer, nullable=False, default=0),
+    Column("next_run_at", BigInteger, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("progress", Integer, nullable=False, default=0),
+    Column("error_code", String(64), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("upstream", JsonType, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("started_at", BigInteger, nullable=True),
+    Column("finished_at", BigInteger, nullable=True),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("version", Integer, nullable=False, default=1),
+    # The driver's "what is due" scan only ever looks at unfinished tasks.
+    Index("ix_tasks_due", "next_run_at", sqlite_where=text(ACTIVE), postgresql_where=text(ACTIVE)),
+    Index("ix_tasks_key_created", "key_id", "created_at"),
+)
+
+assets = Table(
+    "assets",
+    metadata,
+    Column("id", SeqType, primary_key=True, autoincrement=True),
+    Column("task_id", String(26), ForeignKey("tasks.id"), nullable=False, index=True),
+    Column("role", String(16), nullable=False),
+    Column("idx", Integer, nullable=False, default=0),
+    Column("key", String(400), nullable=False),
+    Column("mime", String(100), nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("width", Integer, nullable=True),
+    Column("height", Integer, nullable=True),
+    Column("duration", Float, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+task_events = Table(
+    "task_events",
+    metadata,
+    Column("id", SeqType, primary_key=True, autoincrement=True),
+    Column("task_id", String(26), nullable=False, index=True),
+    Column("version", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("progress", Integer, nullable=False),
+    Column("detail", Text, nullable=True),
+    Column("at", BigInteger, nullable=False),
+)

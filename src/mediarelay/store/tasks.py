@@ -1,0 +1,293 @@
+"""Task persistence. Every state change is a compare-and-set on `version`, in one transaction with
+its event row, so a process dying between two lines never loses or repeats a step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, func, insert, select, update
+from ulid import ULID
+
+from mediarelay.domain import Asset, Operation, Status, Task, TaskSpec, now_ms
+from mediarelay.store.database import Database
+from mediarelay.store.schema import assets, task_events, tasks
+
+ACTIVE_STATUSES = (Status.QUEUED.value, Status.RUNNING.value, Status.FINALIZING.value)
+
+# Columns the engine may change through `update`; identity and request columns never change.
+MUTABLE = frozenset(
+    {
+        "channel",
+        "upstream_id",
+        "attempt",
+        "next_run_at",
+        "status",
+        "progress",
+        "error_code",
+        "error_message",
+        "upstream",
+        "started_at",
+        "finished_at",
+    }
+)
+
+
+@dataclass(frozen=True)
+class NewAsset:
+    """A stored file ready to be attached to a task when it succeeds."""
+
+    role: str
+    key: str
+    mime: str
+    bytes: int
+    sha256: str
+    width: int | None = None
+    height: int | None = None
+    duration: float | None = None
+    index: int = 0
+
+
+def new_task_id() -> str:
+    return str(ULID())
+
+
+def _task(row: Row[Any], task_assets: Sequence[Asset] = ()) -> Task:
+    m = row._mapping
+    return Task(
+        id=m["id"],
+        seq=m["seq"],
+        public_id=m["public_id"],
+        dialect=m["dialect"],
+        key_id=m["key_id"],
+        parent_id=m["parent_id"],
+        model=m["model"],
+        operation=Operation(m["operation"]),
+        params=m["params"],
+        request=m["request"],
+        channel=m["channel"],
+        upstream_id=m["upstream_id"],
+        attempt=m["attempt"],
+        next_run_at=m["next_run_at"],
+        status=Status(m["status"]),
+        progress=m["progress"],
+        error_code=m["error_code"],
+        error_message=m["error_message"],
+        upstream=m["upstream"],
+        created_at=m["created_at"],
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+        updated_at=m["updated_at"],
+        version=m["version"],
+        assets=tuple(task_assets),
+    )
+
+
+def _asset(row: Row[Any]) -> Asset:
+    m = row._mapping
+    return Asset(
+        id=m["id"],
+        role=m["role"],
+        key=m["key"],
+        mime=m["mime"],
+        bytes=m["bytes"],
+        sha256=m["sha256"],
+        width=m["width"],
+        height=m["height"],
+        duration=m["duration"],
+        index=m["idx"],
+    )
+
+
+class TaskRepo:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- creation -----------------------------------------------------------------------------
+
+    def create(self, spec: TaskSpec, key_id: str) -> Task:
+        """Insert a task (and its children, for fan-out submissions) in one transaction."""
+        now = now_ms()
+        parent_id = new_task_id()
+        with self.db.write() as conn:
+            self._insert(conn, parent_id, spec, key_id, None, now, runnable=not spec.children)
+            for child in spec.children:
+                self._insert(conn, new_task_id(), child, key_id, parent_id, now, runnable=True)
+            return self._load(conn, [parent_id])[0]
+
+    def _insert(
+        self,
+        conn: Connection,
+        task_id: str,
+        spec: TaskSpec,
+        key_id: str,
+        parent_id: str | None,
+        now: int,
+        *,
+        runnable: bool,
+    ) -> None:
+        conn.execute(
+            insert(tasks).values(
+                id=task_id,
+                public_id=spec.public_id,
+                dialect=spec.dialect,
+                key_id=key_id,
+                parent_id=parent_id,
+                model=spec.model,
+                operation=spec.operation.value,
+                params=spec.params,
+                request=spec.request,
+                attempt=0,
+                # A fan-out parent does no work of its own: it is woken when a child changes.
+                next_run_at=now if runnable else None,
+                status=Status.QUEUED.value,
+                progress=0,
+                created_at=now,
+                updated_at=now,
+                version=1,
+            )
+        )
+        conn.execute(
+            insert(task_events).values(
+                task_id=task_id, version=1, status=Status.QUEUED.value, progress=0, at=now
+            )
+        )
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def _load(self, conn: Connection, ids: Sequence[str]) -> list[Task]:
+        if not ids:
+            return []
+        rows = conn.execute(select(tasks).where(tasks.c.id.in_(ids))).all()
+        by_task: dict[str, list[Asset]] = {}
+        for a in conn.execute(select(assets).where(assets.c.task_id.in_(ids)).order_by(assets.c.id)).all():
+            by_task.setdefault(a._mapping["task_id"], []).append(_asset(a))
+        found = {r._mapping["id"]: _task(r, by_task.get(r._mapping["id"], ())) for r in rows}
+        return [found[i] for i in ids if i in found]
+
+    def get(self, task_id: str) -> Task | None:
+        with self.db.read() as conn:
+            found = self._load(conn, [task_id])
+        return found[0] if found else None
+
+    def by_public_id(self, public_id: str) -> Task | None:
+        with self.db.read() as conn:
+            row = conn.execute(select(tasks.c.id).where(tasks.c.public_id == public_id)).first()
+            if row is None:
+                return None
+            found = self._load(conn, [row[0]])
+        return found[0] if found else None
+
+    def children(self, parent_id: str) -> list[Task]:
+        with self.db.read() as conn:
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    select(tasks.c.id).where(tasks.c.parent_id == parent_id).order_by(tasks.c.seq)
+                ).all()
+            ]
+            return self._load(conn, ids)
+
+    def due(self, now: int, limit: int, exclude: Iterable[str] = ()) -> list[str]:
+        """Ids of unfinished tasks whose next step is due, oldest first."""
+        skip = list(exclude)
+        query = (
+            select(tasks.c.id)
+            .where(tasks.c.status.in_(ACTIVE_STATUSES), tasks.c.next_run_at <= now)
+            .order_by(tasks.c.next_run_at)
+            .limit(limit + len(skip))
+        )
+        with self.db.read() as conn:
+            ids = [r[0] for r in conn.execute(query).all()]
+        excluded = set(skip)
+        return [i for i in ids if i not in excluded][:limit]
+
+    def next_due_at(self, exclude: Iterable[str] = ()) -> int | None:
+        query = select(func.min(tasks.c.next_run_at)).where(tasks.c.status.in_(ACTIVE_STATUSES))
+        if skip := list(exclude):
+            query = query.where(tasks.c.id.not_in(skip))
+        with self.db.read() as conn:
+            value = conn.execute(query).scalar()
+        return int(value) if value is not None else None
+
+    def events(self, task_id: str) -> list[dict[str, Any]]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(task_events).where(task_events.c.task_id == task_id).order_by(task_events.c.id)
+            ).all()
+        return [dict(r._mapping) for r in rows]
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def update(
+        self,
+        task: Task,
+        *,
+        new_assets: Sequence[NewAsset] = (),
+        event_detail: str | None = None,
+        **changes: Any,
+    ) -> Task | None:
+        """Compare-and-set on `task.version`. Returns the new task, or None if someone changed it first.
+
+        A status change writes an event row; a child's change wakes its parent, in the same transaction.
+        """
+        bad = set(changes) - MUTABLE
+        if bad:
+            raise ValueError(f"not mutable: {sorted(bad)}")
+        now = now_ms()
+        values = {k: (v.value if isinstance(v, Status) else v) for k, v in changes.items()}
+        values.update(version=task.version + 1, updated_at=now)
+        with self.db.write() as conn:
+            result = conn.execute(
+                update(tasks)
+                .where(and_(tasks.c.id == task.id, tasks.c.version == task.version))
+                .values(**values)
+            )
+            if result.rowcount != 1:
+                return None
+            status = values.get("status", task.status.value)
+            if status != task.status.value:
+                conn.execute(
+                    insert(task_events).values(
+                        task_id=task.id,
+                        version=task.version + 1,
+                        status=status,
+                        progress=values.get("progress", task.progress),
+                        detail=event_detail,
+                        at=now,
+                    )
+                )
+            for a in new_assets:
+                conn.execute(
+                    insert(assets).values(
+                        task_id=task.id,
+                        role=a.role,
+                        idx=a.index,
+                        key=a.key,
+                        mime=a.mime,
+                        bytes=a.bytes,
+                        sha256=a.sha256,
+                        width=a.width,
+                        height=a.height,
+                        duration=a.duration,
+                        created_at=now,
+                    )
+                )
+            if task.parent_id is not None:
+                conn.execute(
+                    update(tasks)
+                    .where(tasks.c.id == task.parent_id, tasks.c.status.in_(ACTIVE_STATUSES))
+                    .values(next_run_at=now)
+                )
+            return self._load(conn, [task.id])[0]
+
+    def schedule(self, task: Task, next_run_at: int) -> None:
+        """Move a task's next step without a state change (no version bump: nothing visible changed)."""
+        with self.db.write() as conn:
+            conn.execute(
+                update(tasks)
+                .where(tasks.c.id == task.id, tasks.c.version == task.version)
+                .values(next_run_at=next_run_at)
+            )

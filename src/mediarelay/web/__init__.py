@@ -1,0 +1,1 @@
+"""Server-rendered admin pages (grows with the admin UI issue)."""

@@ -1,0 +1,161 @@
+"""Test harness: real `mediarelay serve` processes on 127.0.0.1, driven over HTTP.
+
+`server` is one shared gateway for the session (fast sandbox timings); tests that need their own
+(kill -9, special settings) call `start_server(tmp_path, ...)`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+BIN = Path(sys.executable).parent / "mediarelay"
+
+FAST_SANDBOX = {
+    "MEDIARELAY_SANDBOX__QUEUE_SECONDS": "0.3",
+    "MEDIARELAY_SANDBOX__RUN_SECONDS": "1.5",
+    "MEDIARELAY_SANDBOX__JITTER": "0.2",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    data_dir: Path
+    port: int
+    env: dict[str, str]
+    admin_key: str = ""
+    proc: subprocess.Popen[str] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.data_dir.parent / f"server-{self.port}.log"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30) -> Server:
+        log = self.log_path.open("a")
+        self.proc = subprocess.Popen(
+            [str(BIN), "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=self.env,
+            cwd=self.data_dir.parent,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError(f"server did not start: {self.log_path.read_text()[-3000:]}")
+        if not self.admin_key:
+            # Printed once, on the first start only.
+            assert self.proc.stdout is not None
+            self.admin_key = self.proc.stdout.readline().strip()
+            assert self.admin_key.startswith("mr-"), self.admin_key
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN), *args, "--data-dir", str(self.data_dir)],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=self.data_dir.parent,
+            timeout=60,
+            check=False,
+        )
+
+    def new_key(self, name: str = "test") -> str:
+        out = self.cli("keys", "create", "--name", name)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    def client(self, key: str | None, *, bearer: bool = True) -> httpx.Client:
+        headers = {}
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}" if bearer else key
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=30)
+
+
+def start_server(tmp: Path, **env: str) -> Server:
+    data = tmp / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, **FAST_SANDBOX, **env}
+    full_env.pop("MEDIARELAY_CONFIG", None)
+    return Server(data_dir=data, port=free_port(), env=full_env).start()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(tmp_path_factory.mktemp("server"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def user_key(server: Server) -> str:
+    return server.new_key("user")
+
+
+@pytest.fixture(scope="session")
+def other_key(server: Server) -> str:
+    return server.new_key("other")
+
+
+@pytest.fixture
+def api(server: Server, user_key: str) -> Iterator[httpx.Client]:
+    with server.client(user_key) as c:
+        yield c
+
+
+def wait_until(
+    fetch: Callable[[], Any], done: Callable[[Any], bool], timeout: float = 60, every: float = 0.2
+) -> Any:
+    """Call `fetch` until `done(result)`; returns the last result or fails with it."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fetch()
+        if done(last):
+            return last
+        time.sleep(every)
+    raise AssertionError(f"not done after {timeout}s: {last!r}")
