@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import hashlib
 import io
 import math
 import os
 import secrets
+import signal
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,6 +286,7 @@ async def _run_ffmpeg(args: list[str], *, stdin: bytes | None = None) -> None:
         stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
     try:
         _, stderr = await proc.communicate(stdin)
@@ -297,6 +301,17 @@ async def _run_ffmpeg(args: list[str], *, stdin: bytes | None = None) -> None:
     if proc.returncode != 0:
         tail = stderr.decode("utf-8", "replace").strip()[-_STDERR_TAIL:]
         raise RuntimeError(f"ffmpeg exited with status {proc.returncode}: {tail or '(no stderr)'}")
+
+
+# Resolved once at import: the pre-exec hook below must not load libraries in a forked child.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: if the server is SIGKILLed, its encoders die with it (no orphan writers)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
 def _ffmpeg_exe() -> str:

@@ -94,6 +94,9 @@ class Services:
         return secret
 
     async def start(self) -> None:
+        # Embedded mode: this process is the only writer of staging, and nothing runs yet.
+        if removed := self.storage.clear_staging():
+            log.info("removed %d partial files left by an earlier run", removed)
         self.driver = InProcessDriver(self.engine, concurrency=self.settings.workers)
         self.driver.start()
 

@@ -12,7 +12,7 @@ from mediarelay.api.auth import UNAUTHORIZED, Authenticator, extract_secret
 from mediarelay.api.errors import ErrorRenderer
 from mediarelay.api.views import ViewCache
 from mediarelay.dialects.base import Dialect
-from mediarelay.domain import MediarelayError, not_found
+from mediarelay.domain import MediarelayError, invalid, not_found
 from mediarelay.store.keys import ApiKey
 
 JSON = b"application/json"
@@ -51,7 +51,9 @@ class StatusService:
             key = await self.auth.lookup(secret)
         if not isinstance(key, ApiKey):
             return self._error(path, UNAUTHORIZED)
-        view = self.views.get(public_id) or (await self.views.load(public_id) if public_id else None)
+        if not public_id:  # a missing id is a parameter error (query-style ids), not "no such task"
+            return self._error(path, invalid(f"{dialect.status_param} is required", dialect.status_param))
+        view = self.views.get(public_id) or await self.views.load(public_id)
         if view is None or view.dialect != dialect.name or (view.key_id != key.id and not key.is_admin):
             return self._error(path, not_found())
         headers = [(b"etag", view.etag.encode()), (b"cache-control", b"no-cache")]

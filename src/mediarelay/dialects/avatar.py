@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 import orjson
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mediarelay.dialects.base import Catalog, Dialect, ExtraRoute, RenderContext
 from mediarelay.dialects.common import Url, hex_id, object_id
@@ -91,6 +91,58 @@ class AvatarRequest(BaseModel):
                 + (f" (got {', '.join(given)})" if given else "")
             )
         return self
+
+
+class AvatarExt(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    sing_title: str = ""
+    track_info: str = ""
+    animate_channel: str = ""
+
+
+class AvatarWork(BaseModel):
+    """GET /avatar/task/{task_id}: the seed's field table. Tolerant (extra fields, defaults) so that it also
+    parses an upstream's answer when mediarelay relays this dialect."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = ""
+    ext: AvatarExt = AvatarExt()
+    singer: str = ""
+    file_type: str = ""
+    work_name: str = ""
+    animate_id: str = ""
+    play_types: list[str] = []
+    vip_enable: bool = False
+    create_time: int = 0
+    music_title: str = ""
+    template_id: str = ""
+    user_image_url: str = ""
+    work_webp_path: str = ""
+    web_work_status: int = 0
+    work_video_path: str = ""
+    share_magic_text: str = ""
+    example_image_url: list[str] = []
+    picture_path_list: list[str] = []
+    primary_play_type: str = ""
+    tmp_online_enable: bool = False
+    webp_aspect_ratio: int = 1
+    animate_params_str: str = ""
+    video_aspect_ratio: int = 1
+    wm_work_video_path: str = ""
+    template_create_time: int = 0
+    no_wm_work_video_path: str = ""
+
+
+class AvatarEnvelope(BaseModel):
+    """The `{code, message, data}` wrapper of submit, voice list and errors."""
+
+    model_config = ConfigDict(extra="allow")
+
+    code: str
+    message: str = ""
+    data: Any = None
 
 
 def parse(body: AvatarRequest) -> TaskSpec:

@@ -18,6 +18,15 @@ class LocalStorage:
         self.staging = self.root / ".staging"
         self.staging.mkdir(parents=True, exist_ok=True)
 
+    def clear_staging(self) -> int:
+        """Remove partial files a killed process left behind; only safe while no step is running."""
+        removed = 0
+        for leftover in self.staging.iterdir():
+            if leftover.is_file():
+                leftover.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     def new_staging_path(self, suffix: str) -> Path:
         return self.staging / f"{uuid.uuid4().hex}{suffix}"
 
