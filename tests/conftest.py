@@ -116,12 +116,12 @@ class Server:
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=30)
 
 
-def start_server(tmp: Path, **env: str) -> Server:
-    data = tmp / "data"
+def start_server(tmp: Path, *, data_name: str = "data", port: int | None = None, **env: str) -> Server:
+    data = tmp / data_name
     data.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **FAST_SANDBOX, **env}
     full_env.pop("MEDIARELAY_CONFIG", None)
-    return Server(data_dir=data, port=free_port(), env=full_env).start()
+    return Server(data_dir=data, port=port or free_port(), env=full_env).start()
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """Result files at stable URLs: `/files/<task id>/<name>`, with Range support and long-lived caching.
 
 A stored file never changes (its name is tied to its task and role), so it can be cached for a year;
-the ETag is the file's SHA-256 prefix. The path itself is the capability: task ids are unguessable.
+Starlette's ETag (size and mtime) drives conditional GETs. The path itself is the capability: task
+ids are unguessable.
 """
 
 import mimetypes
@@ -15,6 +16,7 @@ from mediarelay.domain import not_found
 router = APIRouter(tags=["Files"])
 
 mimetypes.add_type("image/webp", ".webp")
+CACHING = {"cache-control": "public, max-age=31536000, immutable", "accept-ranges": "bytes"}
 
 
 @router.api_route("/files/{task_id}/{name}", methods=["GET", "HEAD"], summary="Download a result file")
@@ -27,8 +29,8 @@ async def get_file(request: Request, task_id: str, name: str) -> Response:
     if name.startswith(".") or not path.is_file():
         raise not_found("file not found")
     media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    return FileResponse(
-        path,
-        media_type=media_type,
-        headers={"cache-control": "public, max-age=31536000, immutable", "accept-ranges": "bytes"},
-    )
+    response = FileResponse(path, media_type=media_type, headers=CACHING, stat_result=path.stat())
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match and response.headers["etag"] in (t.strip() for t in if_none_match.split(",")):
+        return Response(status_code=304, headers={**CACHING, "etag": response.headers["etag"]})
+    return response

@@ -70,6 +70,9 @@ def describe(exc: ValidationError | list[dict[str, Any]]) -> tuple[str, str | No
     parts = []
     first: str | None = None
     for err in errors[:5]:
+        if err.get("type") == "json_invalid":
+            parts.append("the body is not valid JSON")
+            continue
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         first = first or loc or None
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
