@@ -264,9 +264,8 @@ def _images(task: Task, ctx: RenderContext) -> list[dict[str, Any]]:
     items = []
     results = task.assets_with("video") if task.operation is Operation.FACE_SWAP_VIDEO else []
     results = results or task.assets_with("image")
-    thumbs = {
-        a.index: a for role in ("poster", "thumbnail") for a in task.assets_with(role)
-    }  # thumbnail wins
+    # `path` is the small thumbnail; a video's full-size poster only stands in when there is none.
+    thumbs = {a.index: a for role in ("poster", "thumbnail") for a in task.assets_with(role)}
     for result in results:
         thumb = thumbs.get(result.index)
         items.append(
@@ -323,4 +322,5 @@ dialect = Dialect(
     error=error,
     cancel_path="/cancelTask",  # [MR] POST /cancelTask?promptId=…
     bare_key=True,  # [MR] the page shows `Authorization: <token>` without "Bearer"; accept both
+    id_required=True,  # [MR] getTaskInfo without promptId is a parameter error (800), not "no data" (900)
 )

@@ -643,4 +643,5 @@ dialect = Dialect(
     render=render,
     error=error,
     cancel_path="/v1/video/cancel",  # [MR]
+    id_required=True,  # [MR] a query without its id is a 400 parameter error, not "task not found"
 )

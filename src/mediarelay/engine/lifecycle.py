@@ -58,8 +58,17 @@ class Engine:
         if new is not None:
             await self._emit(new)
             if new.parent_id is not None:
-                self._wake()
+                await self._child_changed(new.parent_id)
         return new
+
+    async def _child_changed(self, parent_id: str) -> None:
+        """An active parent is re-aggregated by the driver (the update woke it); a finished one only
+        needs its view redrawn, since that view embeds its children's states and files."""
+        parent = await asyncio.to_thread(self.repo.get, parent_id)
+        if parent is not None and parent.status.terminal:
+            await self._emit(parent)
+        else:
+            self._wake()
 
     def _wake(self) -> None:
         for wake in self.wakers:
@@ -79,6 +88,9 @@ class Engine:
     async def cancel(self, task: Task) -> Task:
         """Cancel a task that is not finished; a finished task is returned unchanged."""
         current: Task | None = task
+        if task.status.terminal and task.params.get("fanout"):
+            # A failed batch may still have children running: cancelling it stops them.
+            await self._after_cancel(task)
         while current is not None and not current.status.terminal:
             new = await self._write(
                 current,
