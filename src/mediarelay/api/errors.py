@@ -13,23 +13,11 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from mediarelay.dialects.base import Dialect
-from mediarelay.dialects.common import validation_error
+from mediarelay.dialects.common import openai_style_error, validation_error
 from mediarelay.domain import ErrorKind, MediarelayError
 
 log = logging.getLogger("mediarelay.api")
 
-OPENAI_TYPES = {
-    ErrorKind.INVALID_REQUEST: "invalid_request_error",
-    ErrorKind.UNAUTHORIZED: "authentication_error",
-    ErrorKind.FORBIDDEN: "permission_error",
-    ErrorKind.NOT_FOUND: "invalid_request_error",
-    ErrorKind.CONFLICT: "invalid_request_error",
-    ErrorKind.TOO_LARGE: "invalid_request_error",
-    ErrorKind.INSUFFICIENT_QUOTA: "insufficient_quota",
-    ErrorKind.RATE_LIMITED: "rate_limit_error",
-    ErrorKind.UNAVAILABLE: "server_error",
-    ErrorKind.INTERNAL: "server_error",
-}
 
 HTTP_KINDS = {
     400: ErrorKind.INVALID_REQUEST,
@@ -44,15 +32,8 @@ HTTP_KINDS = {
 
 
 def openai_error(err: MediarelayError) -> tuple[int, Any]:
-    """The envelope for paths no dialect owns (and the OpenAI-style dialects)."""
-    return err.http_status, {
-        "error": {
-            "message": err.message,
-            "type": OPENAI_TYPES[err.kind],
-            "param": err.param,
-            "code": err.kind.value,
-        }
-    }
+    """The envelope for paths no dialect owns: OpenAI's, with `param`."""
+    return openai_style_error(err, with_param=True)
 
 
 class ErrorRenderer:

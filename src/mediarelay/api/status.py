@@ -51,9 +51,9 @@ class StatusService:
             key = await self.auth.lookup(secret)
         if not isinstance(key, ApiKey):
             return self._error(path, UNAUTHORIZED)
-        if not public_id and dialect.id_required:
+        if not public_id:  # only query-style ids can be missing: a parameter error, not "no such task"
             return self._error(path, invalid(f"{dialect.status_param} is required", dialect.status_param))
-        view = self.views.get(public_id) or (await self.views.load(public_id) if public_id else None)
+        view = self.views.get(public_id) or await self.views.load(public_id)
         if view is None or view.dialect != dialect.name or (view.key_id != key.id and not key.is_admin):
             return self._error(path, not_found())
         headers = [(b"etag", view.etag.encode()), (b"cache-control", b"no-cache")]

@@ -55,7 +55,6 @@ class Dialect:
     cancel_path: str | None = None
     cancel_method: str = "POST"
     bare_key: bool = False  # accept `Authorization: <key>` without "Bearer"
-    id_required: bool = False  # a status query without its id: parameter error (else "not found")
     extra_routes: tuple[ExtraRoute, ...] = field(default=())
 
     @property

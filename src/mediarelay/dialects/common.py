@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, ValidationError
 
-from mediarelay.domain import MediarelayError, invalid
+from mediarelay.domain import ErrorKind, MediarelayError, invalid
 
 MAX_URL = 4096
 MAX_INLINE_MEDIA = 20 * 1024 * 1024  # decoded bytes of a base64 upload
@@ -83,6 +83,31 @@ def describe(exc: ValidationError | list[dict[str, Any]]) -> tuple[str, str | No
 def validation_error(exc: ValidationError | list[dict[str, Any]]) -> MediarelayError:
     message, param = describe(exc)
     return invalid(message, param)
+
+
+# OpenAI-style error types, used by the dialects whose envelope is `{"error": {...}}` and by paths no
+# dialect owns. One table, so every such dialect names the same failure the same way.
+OPENAI_ERROR_TYPES: dict[ErrorKind, str] = {
+    ErrorKind.INVALID_REQUEST: "invalid_request_error",
+    ErrorKind.UNAUTHORIZED: "authentication_error",
+    ErrorKind.FORBIDDEN: "permission_error",
+    ErrorKind.NOT_FOUND: "not_found_error",
+    ErrorKind.CONFLICT: "conflict_error",
+    ErrorKind.TOO_LARGE: "invalid_request_error",
+    ErrorKind.INSUFFICIENT_QUOTA: "insufficient_quota",
+    ErrorKind.RATE_LIMITED: "rate_limit_error",
+    ErrorKind.UNAVAILABLE: "server_error",
+    ErrorKind.INTERNAL: "server_error",
+}
+
+
+def openai_style_error(err: MediarelayError, *, with_param: bool = False) -> tuple[int, Any]:
+    """`{"error": {message, type[, param], code}}` with the error's HTTP status; `code` is the error kind."""
+    body: dict[str, Any] = {"message": err.message, "type": OPENAI_ERROR_TYPES[err.kind]}
+    if with_param:
+        body["param"] = err.param
+    body["code"] = err.kind.value
+    return err.http_status, {"error": body}
 
 
 def hex_id(nbytes: int = 16) -> str:

@@ -322,5 +322,4 @@ dialect = Dialect(
     error=error,
     cancel_path="/cancelTask",  # [MR] POST /cancelTask?promptId=…
     bare_key=True,  # [MR] the page shows `Authorization: <token>` without "Bearer"; accept both
-    id_required=True,  # [MR] getTaskInfo without promptId is a parameter error (800), not "no data" (900)
 )

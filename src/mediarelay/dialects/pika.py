@@ -26,8 +26,8 @@ from pydantic import (
 )
 
 from mediarelay.dialects.base import Dialect, RenderContext
-from mediarelay.dialects.common import MAX_PROMPT, Prompt, UrlOrBase64, seed_of, uuid_id
-from mediarelay.domain import ErrorKind, MediarelayError, Operation, Status, Task, TaskSpec, invalid
+from mediarelay.dialects.common import MAX_PROMPT, Prompt, UrlOrBase64, openai_style_error, seed_of, uuid_id
+from mediarelay.domain import MediarelayError, Operation, Status, Task, TaskSpec, invalid
 
 NAME = "pika"
 MODELS = ("1.5", "2.0")
@@ -85,18 +85,6 @@ STATUS: dict[Status, str] = {
 }
 
 # [MR] error `type` words in the style of the OpenAI/Anthropic envelopes Pika clients already parse.
-ERROR_TYPES: dict[ErrorKind, str] = {
-    ErrorKind.INVALID_REQUEST: "invalid_request_error",
-    ErrorKind.UNAUTHORIZED: "authentication_error",
-    ErrorKind.FORBIDDEN: "permission_error",
-    ErrorKind.NOT_FOUND: "not_found_error",
-    ErrorKind.CONFLICT: "conflict_error",
-    ErrorKind.TOO_LARGE: "request_too_large",
-    ErrorKind.INSUFFICIENT_QUOTA: "insufficient_quota",
-    ErrorKind.RATE_LIMITED: "rate_limit_error",
-    ErrorKind.UNAVAILABLE: "overloaded_error",
-    ErrorKind.INTERNAL: "api_error",
-}
 
 
 # -- the submit request -------------------------------------------------------------------------------
@@ -288,9 +276,7 @@ def render(task: Task, ctx: RenderContext) -> dict[str, Any]:
 
 def error(err: MediarelayError) -> tuple[int, Any]:
     """[MR] `{"error": {message, type, code}}`; `code` is mediarelay's error kind."""
-    return err.http_status, {
-        "error": {"message": err.message, "type": ERROR_TYPES[err.kind], "code": err.kind.value}
-    }
+    return openai_style_error(err)
 
 
 # -- response models (the published shapes; also the client-side parsers for a Pika upstream) ----------

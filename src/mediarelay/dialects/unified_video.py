@@ -24,6 +24,12 @@ for veo, `grok:<uuid4>` for grok. The public id is the whole string.
 Sizes and lengths [MR]: sora small = 720x1280 (portrait) / 1280x720 (landscape), large = 1080x1920 /
 1920x1080, 30 fps, 10 | 15 s (25 s on sora-2-pro); veo 8 s at 24 fps, 1280x720 (16:9) or 720x1280 (9:16),
 twice that with `enable_upsample`; grok 6 s at 24 fps, 720P or 1080P on the short side of 2:3 | 3:2 | 1:1.
+
+Request rules [MR]: the model name is matched case-insensitively; a field of another family (e.g.
+`aspect_ratio` on sora, `watermark` on veo) is a 400; defaults: sora portrait / small / 10 s / watermark on,
+veo3 16:9, grok 3:2 / 720P; `duration` on veo/grok is accepted only as their fixed length; images: sora ≤ 4,
+plain veo and grok ≤ 1, `*-frames` 1–2 (first/last frame), `*-components` 1–3; `character_timestamps` needs
+`character_url` and reads "start,end" seconds with start < end. A query without `id` is a 400.
 """
 
 from __future__ import annotations
@@ -41,8 +47,8 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 from ulid import ULID
 
 from mediarelay.dialects.base import Dialect, RenderContext
-from mediarelay.dialects.common import Prompt, Url, uuid_id
-from mediarelay.domain import ErrorKind, MediarelayError, Operation, Status, Task, TaskSpec, invalid
+from mediarelay.dialects.common import Prompt, Url, openai_style_error, uuid_id
+from mediarelay.domain import MediarelayError, Operation, Status, Task, TaskSpec, invalid
 
 NAME = "unified_video"
 
@@ -125,19 +131,6 @@ SORA_STATUS: dict[Status, str] = {  # [MR] pending_info.status, the upstream's o
     Status.SUCCEEDED: "succeeded",
     Status.FAILED: "failed",
     Status.CANCELED: "failed",
-}
-
-ERROR_TYPES: dict[ErrorKind, str] = {  # [MR] OpenAI-style error types, which this family of gateways uses
-    ErrorKind.INVALID_REQUEST: "invalid_request_error",
-    ErrorKind.UNAUTHORIZED: "authentication_error",
-    ErrorKind.FORBIDDEN: "permission_error",
-    ErrorKind.NOT_FOUND: "invalid_request_error",
-    ErrorKind.CONFLICT: "invalid_request_error",
-    ErrorKind.TOO_LARGE: "invalid_request_error",
-    ErrorKind.INSUFFICIENT_QUOTA: "insufficient_quota",
-    ErrorKind.RATE_LIMITED: "rate_limit_error",
-    ErrorKind.UNAVAILABLE: "server_error",
-    ErrorKind.INTERNAL: "server_error",
 }
 
 
@@ -484,9 +477,8 @@ def render(task: Task, ctx: RenderContext) -> dict[str, Any]:
 
 
 def error(err: MediarelayError) -> tuple[int, Any]:
-    return err.http_status, {
-        "error": {"message": err.message, "type": ERROR_TYPES[err.kind], "code": err.kind.value}
-    }
+    """[MR] `{"error": {message, type, code}}`; `code` is mediarelay's error kind."""
+    return openai_style_error(err)
 
 
 # --------------------------------------------------------------------------------------------- responses
@@ -643,5 +635,4 @@ dialect = Dialect(
     render=render,
     error=error,
     cancel_path="/v1/video/cancel",  # [MR]
-    id_required=True,  # [MR] a query without its id is a 400 parameter error, not "task not found"
 )
