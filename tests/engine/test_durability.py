@@ -1,82 +1,147 @@
-"""Durability: SIGKILL the server with tasks in every stage, restart it, and every task finishes exactly once."""
+"""Durability: SIGKILL the server with tasks of every dialect in every stage, restart it, and every task
+finishes exactly once, with its files intact."""
 
 from __future__ import annotations
 
 import hashlib
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from conftest import Server, start_server, wait_until
 from mediarelay.media import probe
 
+PIKA = {
+    "promptText": "a paper boat",
+    "options": {
+        "aspectRatio": 1.7777777777777777,
+        "frameRate": 24,
+        "parameters": {"guidanceScale": 12, "motion": 1, "negativePrompt": ""},
+        "extend": False,
+    },
+}
 
-def rows(server: Server, sql: str) -> list[tuple[object, ...]]:
+
+def rows(server: Server, sql: str) -> list[tuple[Any, ...]]:
     with sqlite3.connect(f"file:{server.data_dir / 'mediarelay.db'}?mode=ro", uri=True) as db:
         return db.execute(sql).fetchall()
+
+
+# Per dialect: (submit path, body, id from the submit answer, status URL, finished?, result URL).
+Dialect = tuple[
+    str,
+    dict[str, Any],
+    Callable[[Any], str],
+    Callable[[str], str],
+    Callable[[Any], bool],
+    Callable[[Any], str],
+]
+DIALECTS: dict[str, Dialect] = {
+    "avatar": (
+        "/avatar/generation",
+        {"avatar_url": "https://example.com/f.png", "audio_url": "https://example.com/a.mp3"},
+        lambda r: r["data"],
+        lambda i: f"/avatar/task/{i}",
+        lambda s: s["web_work_status"] == 200,
+        lambda s: s["work_video_path"],
+    ),
+    "pika": (
+        "/pika/generate",
+        PIKA,
+        lambda r: r["id"],
+        lambda i: f"/pika/feed/{i}",
+        lambda s: s["videos"][0]["status"] == "finished",
+        lambda s: s["videos"][0]["resultUrl"],
+    ),
+    "sora": (
+        "/v1/video/create",
+        {"model": "sora-2", "prompt": "a lighthouse", "size": "small", "duration": 10},
+        lambda r: r["id"],
+        lambda i: f"/v1/video/query?id={i}",
+        lambda s: s["status"] == "completed",
+        lambda s: s["video_url"],
+    ),
+    "upscale": (
+        "/createTask",
+        {"taskType": 6, "targetUrls": ["https://example.com/p.png"], "scale": 2},
+        lambda r: r["data"]["promptId"],
+        lambda i: f"/getTaskInfo?promptId={i}",
+        lambda s: s["data"]["state"] == 30,
+        lambda s: s["data"]["imageList"][0]["origin"],
+    ),
+    "faceswap-batch": (
+        "/createTask",
+        {
+            "taskType": 7,
+            "faceUrl": "https://example.com/face.png",
+            "targetUrls": ["https://example.com/v1.mp4", "https://example.com/v2.mp4"],
+        },
+        lambda r: r["data"]["promptId"],
+        lambda i: f"/getTaskInfo?promptId={i}",
+        lambda s: s["data"]["state"] == 30 and len(s["data"]["imageList"]) == 2,
+        lambda s: s["data"]["imageList"][1]["origin"],
+    ),
+}
 
 
 def test_kill_9_mid_flight_then_restart_finishes_every_task_once(tmp_path: Path) -> None:
     server = start_server(tmp_path, MEDIARELAY_SANDBOX__QUEUE_SECONDS="0.2", MEDIARELAY_SANDBOX__JITTER="0")
     key = server.new_key()
-    ids: list[str] = []
+    submitted: list[tuple[str, str]] = []
     with server.client(key) as api:
-        for i in range(24):
-            # Staggered run times: at the kill some tasks are queued, some running, some finalizing.
+        for i in range(20):
+            name = list(DIALECTS)[i % len(DIALECTS)]
+            path, body, id_of, _, _, _ = DIALECTS[name]
+            # Staggered timings: at the kill some tasks are queued, some running, some finalizing.
             r = api.post(
-                "/avatar/generation",
-                json={"avatar_url": f"https://example.com/{i}.png", "audio_url": "https://example.com/a.mp3"},
+                path,
+                json=body,
                 headers={
                     "X-Sandbox-Duration": str(0.3 + (i % 6) * 0.5),
                     "X-Sandbox-Queue": str((i % 4) * 0.4),
                 },
             )
             assert r.status_code == 200, r.text
-            ids.append(r.json()["data"])
+            submitted.append((name, id_of(r.json())))
 
-        def states() -> dict[int, int]:
-            found: dict[int, int] = {}
-            for task_id in ids:
-                status = api.get(f"/avatar/task/{task_id}").json()["web_work_status"]
-                found[status] = found.get(status, 0) + 1
-            return found
+        def finished() -> int:
+            return sum(DIALECTS[n][4](api.get(DIALECTS[n][3](i)).json()) for n, i in submitted)
 
-        # Kill once some have finished and others have not.
-        wait_until(states, lambda s: s.get(200, 0) >= 3, timeout=60, every=0.05)
-        before = states()
+        wait_until(finished, lambda n: n >= 4, timeout=60, every=0.05)
     server.kill()
-    assert before.get(200, 0) < len(ids), f"everything finished before the kill: {before}"
-    in_flight = rows(server, "select count(*) from tasks where status in ('queued','running','finalizing')")[
+    active = rows(server, "select count(*) from tasks where status in ('queued','running','finalizing')")[0][
         0
-    ][0]
-    assert in_flight, "nothing was in flight at the kill"
+    ]
+    assert active, "nothing was in flight at the kill"
 
     server.start()
     with server.client(key) as api:
-        for task_id in ids:
-            work = wait_until(
-                lambda t=task_id: api.get(f"/avatar/task/{t}").json(),
-                lambda w: w["web_work_status"] == 200,
-                timeout=120,
-            )
-            video = httpx.get(work["work_video_path"])
-            assert video.status_code == 200
+        for name, task_id in submitted:
+            _, _, _, url, done, result = DIALECTS[name]
+            state = wait_until(lambda u=url(task_id): api.get(u).json(), done, timeout=120)
+            assert httpx.get(result(state)).status_code == 200
     server.stop()
 
-    # Exactly once: one 'succeeded' transition and one set of files per task, every file intact.
-    done = dict(
+    # Exactly once: one 'succeeded' transition per task (batch children included) and one set of files.
+    tasks = rows(server, "select id, status, parent_id from tasks")
+    assert {status for _, status, _ in tasks} == {"succeeded"}
+    done_events = dict(
         rows(server, "select task_id, count(*) from task_events where status='succeeded' group by task_id")
     )
-    assert len(done) == len(ids) and set(done.values()) == {1}
+    assert set(done_events) == {t for t, _, _ in tasks} and set(done_events.values()) == {1}
     per_task = dict(rows(server, "select task_id, count(*) from assets group by task_id"))
-    assert set(per_task.values()) == {3}, per_task  # video + poster + thumbnail, no duplicates
+    parents = {p for _, _, p in tasks if p}
+    assert not parents & set(per_task)  # a batch parent owns no files: its children do
+    assert set(per_task.values()) <= {2, 3}  # image + thumbnail, or video + poster + thumbnail
     files = server.data_dir / "files"
     for key_, size, sha in rows(server, "select key, bytes, sha256 from assets"):
         data = (files / str(key_)).read_bytes()
         assert len(data) == size and hashlib.sha256(data).hexdigest() == sha
     for (key_,) in rows(server, "select key from assets where role='video'"):
         info = probe(files / str(key_))
-        assert info.video_codec == "h264" and info.audio_codec == "aac" and info.duration
+        assert info.video_codec == "h264" and info.duration
     # Partial files of the killed run were cleared at restart; finished steps leave none behind.
     assert list((files / ".staging").iterdir()) == []
