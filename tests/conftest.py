@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -108,6 +109,14 @@ class Server:
         out = self.cli("keys", "create", "--name", name)
         assert out.returncode == 0, out.stderr
         return out.stdout.strip()
+
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        """Read the server's SQLite database directly (read-only), to check what was stored."""
+        with sqlite3.connect(f"file:{self.data_dir / 'mediarelay.db'}?mode=ro", uri=True) as db:
+            return db.execute(sql).fetchall()
+
+    def task_count(self) -> int:
+        return int(self.rows("select count(*) from tasks")[0][0])
 
     def client(self, key: str | None, *, bearer: bool = True) -> httpx.Client:
         headers = {}

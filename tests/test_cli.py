@@ -46,7 +46,7 @@ def test_keys_are_stored_hashed(server: Server) -> None:
     key = server.new_key("hashed")
     with sqlite3.connect(f"file:{server.data_dir / 'mediarelay.db'}?mode=ro", uri=True) as db:
         dump = "\n".join(str(row) for row in db.execute("select * from api_keys"))
-    assert key not in dump and key[len("mr-"):] not in dump
+    assert key not in dump and key[len("mr-") :] not in dump
 
 
 def test_admin_key_is_printed_once_and_sees_every_task(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -104,11 +103,6 @@ def query(api: httpx.Client, task_id: str) -> dict[str, Any]:
     work: dict[str, Any] = r.json()
     check_shape(work)
     return work
-
-
-def task_count(server: Server) -> int:
-    with sqlite3.connect(f"file:{server.data_dir / 'mediarelay.db'}?mode=ro", uri=True) as db:
-        return int(db.execute("select count(*) from tasks").fetchone()[0])
 
 
 def test_seed_example_parses_with_our_model() -> None:
@@ -272,23 +266,23 @@ BAD_BODIES: list[tuple[Any, str]] = [
 def test_bad_input_is_rejected_and_changes_nothing(
     server: Server, api: httpx.Client, body: Any, mentions: str
 ) -> None:
-    before = task_count(server)
+    before = server.task_count()
     r = api.post("/avatar/generation", json=body)
     assert r.status_code == 400, r.text
     env = r.json()
     assert env["code"] == "invalid_request" and env["data"] is None
     assert mentions in env["message"]
-    assert task_count(server) == before
+    assert server.task_count() == before
 
 
 def test_non_json_and_oversized_bodies(server: Server, api: httpx.Client) -> None:
-    before = task_count(server)
+    before = server.task_count()
     r = api.post("/avatar/generation", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["code"] == "invalid_request"
     big = b'{"avatar_url": "https://example.com/a.png", "pad": "' + b"x" * (11 * 1024 * 1024) + b'"}'
     r = api.post("/avatar/generation", content=big, headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["code"] == "invalid_request" and r.json()["data"] is None
-    assert task_count(server) == before
+    assert server.task_count() == before
 
 
 def test_curl_style_form_content_type_is_accepted(api: httpx.Client) -> None:

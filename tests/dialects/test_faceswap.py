@@ -160,11 +160,6 @@ def check_error(resp: httpx.Response, http: int, code: int) -> dict[str, Any]:
     return body
 
 
-def task_count(server: Server) -> int:
-    with sqlite3.connect(f"file:{server.data_dir / 'mediarelay.db'}?mode=ro", uri=True) as db:
-        return int(db.execute("select count(*) from tasks").fetchone()[0])
-
-
 def seq_of(server: Server, prompt_id: str) -> tuple[int, str | None, str]:
     with sqlite3.connect(f"file:{server.data_dir / 'mediarelay.db'}?mode=ro", uri=True) as db:
         seq, parent, tid = db.execute(
@@ -552,7 +547,7 @@ BAD_BODIES: list[tuple[str, Any]] = [
 
 
 def test_bad_input_creates_nothing(server: Server, bare: httpx.Client) -> None:
-    before = task_count(server)
+    before = server.task_count()
     for label, body in BAD_BODIES:
         err = check_error(bare.post("/createTask", json=body), 200, 800)
         assert err["msg"], label
@@ -573,7 +568,7 @@ def test_bad_input_creates_nothing(server: Server, bare: httpx.Client) -> None:
     msg = bare.post("/createTask", json={"taskType": 3, "targetUrls": [IMG.format(1)]}).json()["msg"]
     assert "faceUrl" in msg
     time.sleep(0.2)
-    assert task_count(server) == before
+    assert server.task_count() == before
 
 
 def test_cancelling_a_failed_batch_stops_its_running_children(bare: httpx.Client) -> None:

@@ -188,11 +188,6 @@ def db(server: Server) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{server.data_dir / 'mediarelay.db'}?mode=ro", uri=True)
 
 
-def task_count(server: Server) -> int:
-    with db(server) as conn:
-        return int(conn.execute("select count(*) from tasks").fetchone()[0])
-
-
 def row(server: Server, public_id: str) -> dict[str, Any]:
     with db(server) as conn:
         conn.row_factory = sqlite3.Row
@@ -500,12 +495,12 @@ BAD_BODIES: dict[str, Any] = {
 @pytest.mark.parametrize("name", list(BAD_BODIES))
 def test_bad_input_is_refused_and_creates_nothing(client: httpx.Client, server: Server, name: str) -> None:
     payload = BAD_BODIES[name]
-    before = task_count(server)
+    before = server.task_count()
     content = payload if isinstance(payload, str) else orjson.dumps(payload).decode()
     resp = client.post("/pika/generate", content=content, headers={"content-type": "application/json"})
     data = check_error(resp, 400, "invalid_request", "invalid_request_error")
     assert len(data["error"]["message"]) < 1000
-    assert task_count(server) == before
+    assert server.task_count() == before
 
 
 def test_documented_variants_are_accepted(client: httpx.Client, server: Server) -> None:
@@ -536,7 +531,7 @@ def test_documented_variants_are_accepted(client: httpx.Client, server: Server) 
 
 
 def test_oversized_body_is_413(client: httpx.Client, server: Server) -> None:
-    before = task_count(server)
+    before = server.task_count()
     huge = copy.deepcopy(body())
     huge["promptText"] = "x" * (10 * 1024 * 1024 + 10)
     try:
@@ -546,4 +541,4 @@ def test_oversized_body_is_413(client: httpx.Client, server: Server) -> None:
     except httpx.HTTPError as exc:  # the server may answer before reading it all and close
         pytest.fail(f"no 413 answer: {exc!r}")
     check_error(resp, 413, "too_large", "invalid_request_error")
-    assert task_count(server) == before
+    assert server.task_count() == before

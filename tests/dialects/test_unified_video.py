@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -294,11 +293,6 @@ def query(api: httpx.Client, task_id: str, *, encoded: bool = False) -> dict[str
     check_query(data)
     assert data["id"] == task_id
     return data
-
-
-def task_count(server: Server) -> int:
-    with sqlite3.connect(f"file:{server.data_dir / 'mediarelay.db'}?mode=ro", uri=True) as db:
-        return int(db.execute("select count(*) from tasks").fetchone()[0])
 
 
 def check_video(url: str, base_url: str, tmp: Path, size: tuple[int, int], seconds: float) -> bytes:
@@ -623,17 +617,17 @@ BAD_BODIES: list[tuple[Any, str]] = [
 def test_bad_input_is_rejected_and_changes_nothing(
     server: Server, api: httpx.Client, body: Any, mentions: str
 ) -> None:
-    before = task_count(server)
+    before = server.task_count()
     message = check_error(api.post("/v1/video/create", json=body), 400, "invalid_request")
     assert mentions in message
-    assert task_count(server) == before
+    assert server.task_count() == before
 
 
 def test_non_json_and_oversized_bodies(server: Server, api: httpx.Client) -> None:
-    before = task_count(server)
+    before = server.task_count()
     headers = {"content-type": "application/json"}
     check_error(api.post("/v1/video/create", content=b"{not json", headers=headers), 400, "invalid_request")
     check_error(api.post("/v1/video/create", content=b"", headers=headers), 400, "invalid_request")
     big = b'{"model": "sora-2", "prompt": "' + b"x" * (11 * 1024 * 1024) + b'"}'
     check_error(api.post("/v1/video/create", content=big, headers=headers), 413, "too_large")
-    assert task_count(server) == before
+    assert server.task_count() == before

@@ -4,14 +4,13 @@ finishes exactly once, with its files intact."""
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from conftest import Server, start_server, wait_until
+from conftest import start_server, wait_until
 from mediarelay.media import probe
 
 PIKA = {
@@ -23,11 +22,6 @@ PIKA = {
         "extend": False,
     },
 }
-
-
-def rows(server: Server, sql: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(f"file:{server.data_dir / 'mediarelay.db'}?mode=ro", uri=True) as db:
-        return db.execute(sql).fetchall()
 
 
 # Per dialect: (submit path, body, id from the submit answer, status URL, finished?, result URL).
@@ -112,9 +106,7 @@ def test_kill_9_mid_flight_then_restart_finishes_every_task_once(tmp_path: Path)
 
         wait_until(finished, lambda n: n >= 4, timeout=60, every=0.05)
     server.kill()
-    active = rows(server, "select count(*) from tasks where status in ('queued','running','finalizing')")[0][
-        0
-    ]
+    active = server.rows("select count(*) from tasks where status in ('queued','running','finalizing')")[0][0]
     assert active, "nothing was in flight at the kill"
 
     server.start()
@@ -126,21 +118,21 @@ def test_kill_9_mid_flight_then_restart_finishes_every_task_once(tmp_path: Path)
     server.stop()
 
     # Exactly once: one 'succeeded' transition per task (batch children included) and one set of files.
-    tasks = rows(server, "select id, status, parent_id from tasks")
+    tasks = server.rows("select id, status, parent_id from tasks")
     assert {status for _, status, _ in tasks} == {"succeeded"}
     done_events = dict(
-        rows(server, "select task_id, count(*) from task_events where status='succeeded' group by task_id")
+        server.rows("select task_id, count(*) from task_events where status='succeeded' group by task_id")
     )
     assert set(done_events) == {t for t, _, _ in tasks} and set(done_events.values()) == {1}
-    per_task = dict(rows(server, "select task_id, count(*) from assets group by task_id"))
+    per_task = dict(server.rows("select task_id, count(*) from assets group by task_id"))
     parents = {p for _, _, p in tasks if p}
     assert not parents & set(per_task)  # a batch parent owns no files: its children do
     assert set(per_task.values()) <= {2, 3}  # image + thumbnail, or video + poster + thumbnail
     files = server.data_dir / "files"
-    for key_, size, sha in rows(server, "select key, bytes, sha256 from assets"):
+    for key_, size, sha in server.rows("select key, bytes, sha256 from assets"):
         data = (files / str(key_)).read_bytes()
         assert len(data) == size and hashlib.sha256(data).hexdigest() == sha
-    for (key_,) in rows(server, "select key from assets where role='video'"):
+    for (key_,) in server.rows("select key from assets where role='video'"):
         info = probe(files / str(key_))
         assert info.video_codec == "h264" and info.duration
     # Partial files of the killed run were cleared at restart; finished steps leave none behind.

@@ -139,11 +139,15 @@ class Engine:
             log.exception("step failed for task %s; retrying later", task.id)
             await asyncio.to_thread(self.repo.schedule, task, now_ms() + int(retry_backoff(3) * 1000))
 
-    def _past_deadline(self, task: Task) -> bool:
+    def _deadline_at(self, task: Task) -> int | None:
         channel = self.channels.get(task.channel) if task.channel else None
         if channel is None:
-            return False
-        return now_ms() > task.created_at + int(channel.config.deadline_seconds * 1000)
+            return None
+        return task.created_at + int(channel.config.deadline_seconds * 1000)
+
+    def _past_deadline(self, task: Task) -> bool:
+        deadline = self._deadline_at(task)
+        return deadline is not None and now_ms() > deadline
 
     async def _fail(self, task: Task, code: str, message: str, raw: dict[str, Any] | None = None) -> None:
         changes: dict[str, Any] = {}
@@ -237,6 +241,8 @@ class Engine:
             )
             return
         next_at = now + int(next_poll_delay(task, result, now) * 1000)
+        if (deadline := self._deadline_at(task)) is not None:
+            next_at = min(next_at, deadline + 1)  # a stuck task fails on time, not a poll interval late
         # Unknown status: keep waiting with what we have. Known: record status/progress if they moved.
         status = result.status or task.status
         progress = max(task.progress, min(99, result.progress if result.progress is not None else 0))
