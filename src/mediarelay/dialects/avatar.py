@@ -158,7 +158,9 @@ def parse(body: AvatarRequest) -> TaskSpec:
         "voice_id": body.use_voice.audio_id if body.use_voice else None,
         "voice_engine_id": body.use_voice.voice_engine_id if body.use_voice else None,
         "clone_voice": body.create_voice is not None,
-        "watermark": not body.no_watermark,
+        # [MR] One file serves all three URL fields (work/wm/no_wm), so it is never watermarked: a
+        # "no watermark" URL must not point at a watermarked video. `no_watermark` stays in the request.
+        "watermark": False,
         "width": 512,
         "height": 512,
         "seconds": seconds,

@@ -23,7 +23,8 @@ for veo, `grok:<uuid4>` for grok. The public id is the whole string.
 
 Sizes and lengths [MR]: sora small = 720x1280 (portrait) / 1280x720 (landscape), large = 1080x1920 /
 1920x1080, 30 fps, 10 | 15 s (25 s on sora-2-pro); veo 8 s at 24 fps, 1280x720 (16:9) or 720x1280 (9:16),
-twice that with `enable_upsample`; grok 6 s at 24 fps, 720P or 1080P on the short side of 2:3 | 3:2 | 1:1.
+1920x1080 or 1080x1920 with `enable_upsample`; grok 6 s at 24 fps, 720P or 1080P on the short side of
+2:3 | 3:2 | 1:1.
 
 Request rules [MR]: the model name is matched case-insensitively; a field of another family (e.g.
 `aspect_ratio` on sora, `watermark` on veo) is a 400; defaults: sora portrait / small / 10 s / watermark on,
