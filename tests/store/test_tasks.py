@@ -159,3 +159,24 @@ def test_keys_hash_lookup_and_revoke(db: Database) -> None:
     found = keys.by_secret(secret)
     assert found is not None and not found.active
     assert not keys.has_admin()
+
+
+def test_list_pages_with_a_cursor_and_filters(db: Database) -> None:
+    keys = KeyRepo(db)
+    mine, _ = keys.create("mine")
+    theirs, _ = keys.create("theirs")
+    repo = TaskRepo(db)
+    made = [repo.create(spec(f"l-{i}"), mine.id) for i in range(5)]
+    repo.create(spec("other"), theirs.id)
+    repo.create(spec("batch", children=(spec("kid"),)), mine.id)
+    first = repo.list(key_id=mine.id, limit=2, dialect="avatar")
+    assert [t.public_id for t in first] == ["batch", "l-4"]  # newest first; children hidden
+    second = repo.list(key_id=mine.id, limit=10, after_seq=first[-1].seq)
+    assert [t.public_id for t in second] == ["l-3", "l-2", "l-1", "l-0"]
+    oldest = repo.list(key_id=mine.id, limit=2, descending=False)
+    assert [t.public_id for t in oldest] == ["l-0", "l-1"]
+    repo.update(made[0], status=Status.FAILED)
+    assert [t.public_id for t in repo.list(key_id=mine.id, limit=10, statuses=["failed"])] == ["l-0"]
+    assert repo.list(key_id=mine.id, limit=10, dialect="pika") == []
+    everyone = repo.list(key_id=None, limit=100, top_level=False)
+    assert {t.public_id for t in everyone} >= {"other", "kid"}

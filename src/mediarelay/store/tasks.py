@@ -190,6 +190,49 @@ class TaskRepo:
             ]
             return self._load(conn, ids)
 
+    def list(
+        self,
+        *,
+        key_id: str | None,
+        limit: int,
+        after_seq: int | None = None,
+        descending: bool = True,
+        dialect: str | None = None,
+        statuses: Sequence[str] = (),
+        model: str | None = None,
+        operation: str | None = None,
+        created_after: int | None = None,
+        created_before: int | None = None,
+        top_level: bool = True,
+    ) -> list[Task]:
+        """A page of tasks, newest first by default; `after_seq` is the cursor (the last `seq` seen).
+
+        `key_id=None` lists every key's tasks (operators). Fetch `limit + 1` to learn `has_more`.
+        """
+        query = select(tasks.c.id)
+        if key_id is not None:
+            query = query.where(tasks.c.key_id == key_id)
+        if dialect is not None:
+            query = query.where(tasks.c.dialect == dialect)
+        if statuses:
+            query = query.where(tasks.c.status.in_(list(statuses)))
+        if model is not None:
+            query = query.where(tasks.c.model == model)
+        if operation is not None:
+            query = query.where(tasks.c.operation == operation)
+        if created_after is not None:
+            query = query.where(tasks.c.created_at >= created_after)
+        if created_before is not None:
+            query = query.where(tasks.c.created_at < created_before)
+        if top_level:
+            query = query.where(tasks.c.parent_id.is_(None))
+        if after_seq is not None:
+            query = query.where(tasks.c.seq < after_seq if descending else tasks.c.seq > after_seq)
+        query = query.order_by(tasks.c.seq.desc() if descending else tasks.c.seq.asc()).limit(limit)
+        with self.db.read() as conn:
+            ids = [r[0] for r in conn.execute(query).all()]
+            return self._load(conn, ids)
+
     def due(self, now: int, limit: int, exclude: Iterable[str] = ()) -> list[str]:
         """Ids of unfinished tasks whose next step is due, oldest first."""
         skip = list(exclude)
