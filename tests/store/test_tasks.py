@@ -169,14 +169,14 @@ def test_list_pages_with_a_cursor_and_filters(db: Database) -> None:
     made = [repo.create(spec(f"l-{i}"), mine.id) for i in range(5)]
     repo.create(spec("other"), theirs.id)
     repo.create(spec("batch", children=(spec("kid"),)), mine.id)
-    first = repo.list(key_id=mine.id, limit=2, dialect="avatar")
+    first = repo.page(key_id=mine.id, limit=2, dialect="avatar")
     assert [t.public_id for t in first] == ["batch", "l-4"]  # newest first; children hidden
-    second = repo.list(key_id=mine.id, limit=10, after_seq=first[-1].seq)
+    second = repo.page(key_id=mine.id, limit=10, after_seq=first[-1].seq)
     assert [t.public_id for t in second] == ["l-3", "l-2", "l-1", "l-0"]
-    oldest = repo.list(key_id=mine.id, limit=2, descending=False)
+    oldest = repo.page(key_id=mine.id, limit=2, descending=False)
     assert [t.public_id for t in oldest] == ["l-0", "l-1"]
     repo.update(made[0], status=Status.FAILED)
-    assert [t.public_id for t in repo.list(key_id=mine.id, limit=10, statuses=["failed"])] == ["l-0"]
-    assert repo.list(key_id=mine.id, limit=10, dialect="pika") == []
-    everyone = repo.list(key_id=None, limit=100, top_level=False)
+    assert [t.public_id for t in repo.page(key_id=mine.id, limit=10, statuses=["failed"])] == ["l-0"]
+    assert repo.page(key_id=mine.id, limit=10, dialect="pika") == []
+    everyone = repo.page(key_id=None, limit=100, top_level=False)
     assert {t.public_id for t in everyone} >= {"other", "kid"}

@@ -190,7 +190,7 @@ class TaskRepo:
             ]
             return self._load(conn, ids)
 
-    def list(
+    def page(
         self,
         *,
         key_id: str | None,
