@@ -56,7 +56,7 @@ class StatusService:
         view = self.views.get(public_id) or await self.views.load(public_id)
         if view is None or view.dialect != dialect.name or (view.key_id != key.id and not key.is_admin):
             return self._error(path, not_found())
-        headers = [(b"etag", view.etag.encode()), (b"cache-control", b"no-cache")]
+        headers = [(b"etag", view.etag.encode()), (b"cache-control", b"no-cache"), *view.headers]
         if if_none_match and view.etag in if_none_match:
             return Answer(304, headers, b"")
         return Answer(200, [(b"content-type", JSON), *headers], view.body)

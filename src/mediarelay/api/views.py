@@ -30,6 +30,7 @@ class View:
     status: Status
     etag: str
     body: bytes
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 class ViewCache:
@@ -46,6 +47,7 @@ class ViewCache:
         dialect = self.dialects[task.dialect]
         body = orjson.dumps(dialect.render(task, RenderContext(url=self.url, children=children)))
         etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+        extra = dialect.status_headers(task) if dialect.status_headers else {}
         return View(
             task_id=task.id,
             public_id=task.public_id,
@@ -55,6 +57,7 @@ class ViewCache:
             status=task.status,
             etag=etag,
             body=body,
+            headers=tuple((k.lower().encode(), v.encode()) for k, v in extra.items()),
         )
 
     async def refresh(self, task: Task) -> View:

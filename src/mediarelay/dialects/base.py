@@ -56,6 +56,8 @@ class Dialect:
     cancel_method: str = "POST"
     bare_key: bool = False  # accept `Authorization: <key>` without "Bearer"
     extra_routes: tuple[ExtraRoute, ...] = field(default=())
+    # Extra response headers of a status answer (e.g. OpenAI's `openai-poll-after-ms`), rendered with the view.
+    status_headers: Callable[[Task], Mapping[str, str]] | None = None
 
     @property
     def status_in_path(self) -> bool:
