@@ -56,7 +56,7 @@ class Dialect:
     cancel_method: str = "POST"
     bare_key: bool = False  # accept `Authorization: <key>` without "Bearer"
     extra_routes: tuple[ExtraRoute, ...] = field(default=())
-    # Extra response headers of a status answer (e.g. OpenAI's `openai-poll-after-ms`), rendered with the view.
+    # Extra headers of a status answer (e.g. OpenAI's `openai-poll-after-ms`), rendered with the view.
     status_headers: Callable[[Task], Mapping[str, str]] | None = None
 
     @property
