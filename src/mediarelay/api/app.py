@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from mediarelay import __version__
-from mediarelay.api import files
+from mediarelay.api import files, native
 from mediarelay.api.fastpath import FastStatus
 from mediarelay.api.limits import BodyLimit
 from mediarelay.api.routes import dialect_router
@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     api.state.services = svc
     svc.errors.install(api)
+    api.include_router(native.router)  # before the generated routes: /v1/tasks/{id}/events is specific
     for dialect in DIALECTS:
         api.include_router(dialect_router(dialect))
     api.include_router(files.router)

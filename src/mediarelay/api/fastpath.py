@@ -29,16 +29,19 @@ class FastStatus:
             else:
                 self.by_path[d.status_path] = d
 
-    def match(self, path: str, query: bytes) -> tuple[Dialect, str] | None:
+    def match(self, path: str, query: bytes) -> tuple[Dialect, str, str | None] | None:
+        """(dialect, task id, wait) for a status GET, or None for anything else."""
         dialect = self.by_path.get(path)
         if dialect is not None:
-            values = parse_qs(query.decode("latin-1"), keep_blank_values=True).get(dialect.status_param)
-            return dialect, (values[0] if values else "")
+            params = parse_qs(query.decode("latin-1"), keep_blank_values=True) if query else {}
+            ids = params.get(dialect.status_param)
+            return dialect, (ids[0] if ids else ""), _first(params.get("wait"))
         for prefix, dialect in self.by_prefix:
             if path.startswith(prefix):
                 rest = path[len(prefix) :]
                 if rest and "/" not in rest:
-                    return dialect, rest
+                    wait = _first(parse_qs(query.decode("latin-1")).get("wait")) if query else None
+                    return dialect, rest, wait  # ASGI paths arrive percent-decoded
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -49,15 +52,21 @@ class FastStatus:
         if found is None:
             await self.app(scope, receive, send)
             return
-        dialect, public_id = found
+        dialect, public_id, wait = found
         authorization = if_none_match = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
             elif name == b"if-none-match":
                 if_none_match = value.decode("latin-1")
-        answer = await self.status.answer(dialect, scope["path"], public_id, authorization, if_none_match)
+        answer = await self.status.answer(
+            dialect, scope["path"], public_id, authorization, if_none_match, wait
+        )
         headers = [*answer.headers, (b"content-length", str(len(answer.body)).encode())]
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         body = b"" if scope["method"] == "HEAD" or answer.status == 304 else answer.body
         await send({"type": "http.response.body", "body": body})
+
+
+def _first(values: list[str] | None) -> str | None:
+    return values[0] if values else None

@@ -83,9 +83,15 @@ def with_id_param(handler: Endpoint, dialect: Dialect) -> Endpoint:
 
 
 async def owned_task(svc: Services, dialect: Dialect, public_id: str, key: ApiKey) -> Task:
-    """The caller's task of this dialect, or the same not-found as for a task that does not exist."""
+    """The caller's task of this dialect, or the same not-found as for a task that does not exist.
+
+    A dialect with `any_task` (native) addresses every dialect's tasks, by task id or public id.
+    """
     task = await asyncio.to_thread(svc.tasks.by_public_id, public_id)
-    if task is None or task.dialect != dialect.name or (task.key_id != key.id and not key.is_admin):
+    if task is None and dialect.any_task and len(public_id) == 26:
+        task = await asyncio.to_thread(svc.tasks.get, public_id)
+    wrong_dialect = task is not None and task.dialect != dialect.name and not dialect.any_task
+    if task is None or wrong_dialect or (task.key_id != key.id and not key.is_admin):
         raise not_found()
     return task
 
@@ -104,13 +110,18 @@ def dialect_router(dialect: Dialect) -> APIRouter:
         dialect.submit_path, submit, methods=["POST"], summary=f"Submit a {dialect.title} task"
     )
 
-    async def status(request: Request, public_id: str) -> Response:
+    async def status(
+        request: Request,
+        public_id: str,
+        wait: str | None = Query(None, description="hold the answer until the task changes, ≤ 60 s"),
+    ) -> Response:
         answer = await services(request).status.answer(
             dialect,
             request.url.path,
             public_id,
             request.headers.get("authorization"),
             request.headers.get("if-none-match"),
+            wait,
         )
         headers = {k.decode(): v.decode() for k, v in answer.headers}
         return Response(answer.body, status_code=answer.status, headers=headers)
@@ -128,6 +139,8 @@ def dialect_router(dialect: Dialect) -> APIRouter:
             svc = services(request)
             task = await svc.engine.cancel(await owned_task(svc, dialect, public_id, key))
             view = await svc.views.refresh(task)
+            if dialect.any_task:
+                view = svc.views.get_native(task.id) or view
             return Response(view.body, media_type="application/json", headers={"etag": view.etag})
 
         router.add_api_route(

@@ -1,6 +1,18 @@
 """The published API dialects mediarelay serves; one module each, registered here (one line per dialect)."""
 
-from mediarelay.dialects import avatar, faceswap, pika, unified_video
+from mediarelay.dialects import (
+    avatar,
+    faceswap,
+    native,
+    pika,
+    unified_video,
+)
 from mediarelay.dialects.base import Dialect
 
-DIALECTS: tuple[Dialect, ...] = (avatar.dialect, faceswap.dialect, pika.dialect, unified_video.dialect)
+DIALECTS: tuple[Dialect, ...] = (
+    avatar.dialect,
+    faceswap.dialect,
+    native.dialect,
+    pika.dialect,
+    unified_video.dialect,
+)

@@ -40,6 +40,68 @@ class ExtraRoute:
 
 
 @dataclass(frozen=True)
+class Upload:
+    """A file of a multipart submit, read and size-checked by the API layer but not stored yet: the dialect
+    checks it (with the rest of the request) before anything is written. `url` is where mediarelay will
+    serve it once stored."""
+
+    field: str
+    filename: str
+    content_type: str
+    size: int
+    head: bytes  # the first bytes, to tell what the file really is
+    url: str
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """A parsed list request: `after` is the public id of the last item already seen (the cursor)."""
+
+    limit: int
+    after: str | None = None
+    descending: bool = True
+    after_param: str = "after"  # named in the error for an unknown cursor
+
+
+@dataclass(frozen=True)
+class ListRoute:
+    """`GET path`: the caller's tasks of this dialect, a page at a time (cursor = a public id)."""
+
+    path: str
+    parse: Callable[[Mapping[str, str]], ListQuery]  # query string -> query; raises MediarelayError
+    render: Callable[[list[dict[str, Any]], bool], Any]  # (rendered items, has_more) -> page body
+
+
+@dataclass(frozen=True)
+class DeleteRoute:
+    """`DELETE path/{status_param}`: cancel the task if still running, then remove its rows and files."""
+
+    path: str
+    render: Callable[[Task], Any]
+    method: str = "DELETE"
+
+
+@dataclass(frozen=True)
+class ContentRoute:
+    """`GET path/{status_param}/…?<param>=<variant>`: a finished task's file bytes (Range supported)."""
+
+    path: str
+    variants: Mapping[str, str]  # query value -> asset role
+    default: str
+    not_ready: Callable[[Task], MediarelayError]  # the error while the task has not succeeded
+    param: str = "variant"
+
+
+@dataclass(frozen=True)
+class RemixRoute:
+    """`POST path/{status_param}/…`: a new task derived from one of the caller's tasks of this dialect."""
+
+    path: str
+    body_model: type[BaseModel]
+    parse: Callable[[Any, Task, RenderContext], TaskSpec]  # (validated body, source, ctx) -> spec
+
+
+@dataclass(frozen=True)
 class Dialect:
     name: str
     title: str
@@ -55,9 +117,19 @@ class Dialect:
     cancel_path: str | None = None
     cancel_method: str = "POST"
     bare_key: bool = False  # accept `Authorization: <key>` without "Bearer"
+    any_task: bool = False  # status/cancel address any dialect's task, by task id or public id (native)
     extra_routes: tuple[ExtraRoute, ...] = field(default=())
     # Extra headers of a status answer (e.g. OpenAI's `openai-poll-after-ms`), rendered with the view.
     status_headers: Callable[[Task], Mapping[str, str]] | None = None
+    # Resource-style endpoints (OpenAI videos); ids in their paths use `status_param`.
+    list_route: ListRoute | None = None
+    delete_route: DeleteRoute | None = None
+    content_route: ContentRoute | None = None
+    remix_route: RemixRoute | None = None
+    # Multipart file fields the submit takes (it then also accepts multipart/form-data besides JSON);
+    # `attach_uploads` checks them and puts their future URLs into the parsed spec.
+    upload_fields: tuple[str, ...] = ()
+    attach_uploads: Callable[[TaskSpec, Sequence[Upload]], TaskSpec] | None = None
 
     @property
     def status_in_path(self) -> bool:
