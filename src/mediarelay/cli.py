@@ -53,6 +53,7 @@ def serve(
         host=settings.host,
         port=settings.port,
         log_level="info",
+        access_log=settings.access_log,
         lifespan="on",
         timeout_graceful_shutdown=10,
     )

@@ -59,6 +59,17 @@ class SandboxSettings(BaseModel):
     deadline_seconds: float = 3600
 
 
+class WebhookSettings(BaseModel):
+    """Webhook delivery (docs/webhooks.md): the retry schedule and the outbound-address policy."""
+
+    allow_private: bool = False  # let webhooks reach private/loopback addresses (never metadata ones)
+    allowed_hosts: list[str] = []  # IPs, CIDRs or host names exempt from the address check
+    # Delays between attempts, in seconds (±10 % jitter): like Svix's, about 27 h in all.
+    retry_schedule: list[float] = [5, 300, 1800, 7200, 18000, 36000, 36000]
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    concurrency: int = Field(default=16, ge=1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MEDIARELAY_", env_nested_delimiter="__", extra="ignore")
 
@@ -68,9 +79,11 @@ class Settings(BaseSettings):
     database_url: str | None = None
     public_base_url: str | None = None
     max_body_bytes: int = 10 * 1024 * 1024
+    access_log: bool = True  # one log line per request; off for load tests and log-shipping setups
     workers: int = 32  # concurrent engine steps in the in-process driver
     finalize_concurrency: int = 2  # media work is CPU-bound: keep it below the core count
     sandbox: SandboxSettings = SandboxSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     channels: list[ChannelSettings] = []
 
     @classmethod
