@@ -296,10 +296,10 @@ def main() -> None:
         wait_http(f"http://127.0.0.1:{nginx_port}/")
 
         print(
-            f"\nwrk -t{args.threads} -c{args.connections} -d{args.duration}s, {args.rounds} interleaved rounds,"
-            f" {args.sample} random tasks per dialect, {args.tasks} tasks in the store\n"
+            f"\nwrk -t{args.threads} -c{args.connections} -d{args.duration}s, {args.rounds} interleaved"
+            f" rounds, {args.sample} random tasks per dialect, {args.tasks} tasks in the store\n"
         )
-        print(f"| endpoint | mediarelay req/s | p50 / p99 ms | nginx req/s | p50 / p99 ms | ratio |")
+        print("| endpoint | mediarelay req/s | p50 / p99 ms | nginx req/s | p50 / p99 ms | ratio |")
         print("|---|---|---|---|---|---|")
         for name in picked:
             mr_paths = ", ".join(f'"{status_path(name, p)}"' for p in picked[name])
@@ -315,8 +315,9 @@ def main() -> None:
                 mr.append(run_wrk(base, mr_script, args))
             m_rps = sum(r.rps for r in mr) / len(mr)
             n_rps = sum(r.rps for r in ng) / len(ng)
+            endpoint = status_path(name, "{id}").split("?")[0]
             print(
-                f"| {status_path(name, '{id}').split('?')[0]} | {m_rps:,.0f} | {mr[-1].p50_ms:.2f} / {mr[-1].p99_ms:.2f}"
+                f"| {endpoint} | {m_rps:,.0f} | {mr[-1].p50_ms:.2f} / {mr[-1].p99_ms:.2f}"
                 f" | {n_rps:,.0f} | {ng[-1].p50_ms:.2f} / {ng[-1].p99_ms:.2f} | {m_rps / n_rps:.2f} |",
                 flush=True,
             )
