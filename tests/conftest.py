@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -78,6 +79,9 @@ class Server:
             assert self.proc.stdout is not None
             self.admin_key = self.proc.stdout.readline().strip()
             assert self.admin_key.startswith("mr-"), self.admin_key
+        # Keep reading stdout (uvicorn's access log goes there) into the log file: a full pipe would
+        # block the server's event loop on its next log line.
+        threading.Thread(target=_drain, args=(self.proc.stdout, self.log_path), daemon=True).start()
         return self
 
     def kill(self) -> None:
@@ -123,6 +127,13 @@ class Server:
         if key is not None:
             headers["Authorization"] = f"Bearer {key}" if bearer else key
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=30)
+
+
+def _drain(stream: Any, log_path: Path) -> None:
+    with log_path.open("a") as log:
+        for line in stream:
+            log.write(line)
+            log.flush()
 
 
 def start_server(tmp: Path, *, data_name: str = "data", port: int | None = None, **env: str) -> Server:

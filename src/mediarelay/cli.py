@@ -71,14 +71,60 @@ def _key_repo(data_dir: Path | None) -> Any:
     return KeyRepo(Database(settings.db_url))
 
 
+def _webhook_url(url: str, data_dir: Path | None, option: str) -> str:
+    """A default webhook URL checked like the API checks it (form; literal private addresses refused)."""
+    from mediarelay.dialects.common import check_url
+    from mediarelay.netguard import Blocked, NetGuard
+
+    hooks = load_settings(data_dir).webhooks
+    try:
+        url = check_url(url)
+        NetGuard(allow_private=hooks.allow_private, allowed_hosts=hooks.allowed_hosts).check_url(url)
+    except (ValueError, Blocked) as exc:
+        err.print(f"{option}: {exc}")
+        raise typer.Exit(2) from None
+    return url
+
+
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",
     admin: Annotated[bool, typer.Option(help="Make it an admin key.")] = False,
+    webhook_url: Annotated[
+        str | None, typer.Option("--webhook-url", help="The key's default webhook URL (docs/webhooks.md).")
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Create a key and print it alone on stdout (it is not stored and cannot be shown again)."""
-    _, secret = _key_repo(data_dir).create(name, is_admin=admin)
+    url = _webhook_url(webhook_url, data_dir, "--webhook-url") if webhook_url is not None else None
+    _, secret = _key_repo(data_dir).create(name, is_admin=admin, webhook_url=url)
+    print(secret)
+
+
+@keys_app.command("webhook")
+def keys_webhook(
+    ident: Annotated[str, typer.Argument(help="The key's id or printed prefix.")],
+    url: Annotated[str | None, typer.Option(help="Set the key's default webhook URL.")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove the default webhook URL.")] = False,
+    rotate: Annotated[bool, typer.Option("--rotate", help="Replace the signing secret.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Show or change a key's webhook settings; prints the signing secret alone on stdout."""
+    from mediarelay.store.webhooks import WebhookRepo
+
+    if url is not None and clear:
+        err.print("give --url or --clear, not both")
+        raise typer.Exit(2)
+    checked = _webhook_url(url, data_dir, "--url") if url is not None else None
+    repo = WebhookRepo(_key_repo(data_dir).db)
+    key_id = repo.find_key(ident)
+    if key_id is None:
+        err.print(f"no key {ident!r}")
+        raise typer.Exit(1)
+    current, secret = repo.set_key_settings(
+        key_id, url=checked, keep_url=checked is None and not clear, rotate=rotate
+    )
+    err.print(f"default webhook URL: {current or '(none)'}")
     print(secret)
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "MediaInfo",
     "make_image",
     "make_poster",
+    "make_spritesheet",
     "make_thumbnail",
     "make_video",
     "probe",
@@ -148,6 +149,21 @@ async def make_poster(
     if max_side is not None and max_side <= 0:
         raise ValueError(f"max_side must be positive, got {max_side}")
     return await asyncio.to_thread(_make_poster_sync, Path(video), Path(dest), pil_fmt, max_side)
+
+
+async def make_spritesheet(
+    video: Path, dest: Path, *, columns: int, rows: int, tile_width: int
+) -> tuple[int, int]:
+    """Save a JPEG grid of ``columns`` x ``rows`` frames taken at evenly spaced times, for scrubbers/previews.
+
+    Tile ``i`` (row-major) shows the frame at ``(i + 0.5) / n`` of the duration; tiles are ``tile_width``
+    wide with the video's aspect ratio. Returns the written (width, height) of the whole sheet.
+    """
+    if columns <= 0 or rows <= 0 or tile_width <= 0:
+        raise ValueError(
+            f"columns, rows and tile_width must be positive, got {columns}, {rows}, {tile_width}"
+        )
+    return await asyncio.to_thread(_make_spritesheet_sync, Path(video), Path(dest), columns, rows, tile_width)
 
 
 async def make_thumbnail(
@@ -380,6 +396,48 @@ def _grab_frame(video: Path, *, fraction: float) -> Image.Image:
             raise ValueError(f"{video} has no decodable video frames")
         image: Image.Image = last.to_image()  # type: ignore[no-untyped-call]
         return image
+
+
+def _make_spritesheet_sync(
+    video: Path, dest: Path, columns: int, rows: int, tile_width: int
+) -> tuple[int, int]:
+    frames = _grab_frames(video, columns * rows)
+    first = frames[0]
+    tile_height = max(1, round(tile_width * first.height / max(1, first.width)))
+    sheet = Image.new("RGB", (columns * tile_width, rows * tile_height), (0, 0, 0))
+    for i, frame in enumerate(frames):
+        tile = frame.convert("RGB").resize((tile_width, tile_height), Image.Resampling.BILINEAR)
+        sheet.paste(tile, ((i % columns) * tile_width, (i // columns) * tile_height))
+    return _save_image(sheet, dest, "JPEG")
+
+
+def _grab_frames(video: Path, count: int) -> list[Image.Image]:
+    """``count`` frames at evenly spaced times, in one sequential decode (short clips: cheaper than seeks).
+
+    Each target time takes the first frame at or after it; when the stream ends early the last decoded
+    frame fills the remaining tiles.
+    """
+    with av.open(str(video)) as container:
+        if not container.streams.video:
+            raise ValueError(f"{video} has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        duration = _container_duration(container, stream) or 0.0
+        targets = [duration * (i + 0.5) / count for i in range(count)]
+        picked: list[Image.Image] = []
+        last: av.VideoFrame | None = None
+        for frame in container.decode(stream):
+            last = frame
+            t = frame.time if frame.time is not None else 0.0
+            while len(picked) < count and t + 1e-3 >= targets[len(picked)]:
+                picked.append(frame.to_image())  # type: ignore[no-untyped-call]
+            if len(picked) == count:
+                break
+        if last is None:
+            raise ValueError(f"{video} has no decodable video frames")
+        while len(picked) < count:
+            picked.append(last.to_image())  # type: ignore[no-untyped-call]
+        return picked
 
 
 def _make_thumbnail_sync(image: Path, dest: Path, pil_fmt: str, max_side: int) -> tuple[int, int]:

@@ -127,7 +127,7 @@ def test_kill_9_mid_flight_then_restart_finishes_every_task_once(tmp_path: Path)
     per_task = dict(server.rows("select task_id, count(*) from assets group by task_id"))
     parents = {p for _, _, p in tasks if p}
     assert not parents & set(per_task)  # a batch parent owns no files: its children do
-    assert set(per_task.values()) <= {2, 3}  # image + thumbnail, or video + poster + thumbnail
+    assert set(per_task.values()) <= {2, 4}  # image + thumbnail, or video + poster + thumbnail + spritesheet
     files = server.data_dir / "files"
     for key_, size, sha in server.rows("select key, bytes, sha256 from assets"):
         data = (files / str(key_)).read_bytes()

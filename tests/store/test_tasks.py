@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import os
 import uuid
 from collections.abc import Iterator
@@ -9,13 +11,15 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from mediarelay.domain import Operation, Status, TaskSpec, now_ms
 from mediarelay.store import database
 from mediarelay.store.database import Database
 from mediarelay.store.keys import KeyRepo
+from mediarelay.store.schema import webhook_events
 from mediarelay.store.tasks import NewAsset, TaskRepo
+from mediarelay.store.webhooks import DELIVERED, FAILED, PENDING, Outcome, WebhookRepo
 
 PG_ADMIN = os.environ.get("MEDIARELAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -180,3 +184,143 @@ def test_list_pages_with_a_cursor_and_filters(db: Database) -> None:
     assert repo.page(key_id=mine.id, limit=10, dialect="pika") == []
     everyone = repo.page(key_id=None, limit=100, top_level=False)
     assert {t.public_id for t in everyone} >= {"other", "kid"}
+
+
+# -- the webhook outbox (written by TaskRepo.update, read by the delivery loop) -----------------------
+
+
+def hooked(public_id: str, url: str | None = "https://hooks.example.com/x", **kw: object) -> TaskSpec:
+    base = spec(public_id, **kw)  # type: ignore[arg-type]
+    return dataclasses.replace(base, params={**base.params, "webhook_url": url} if url else base.params)
+
+
+def outbox(db: Database) -> list[dict[str, object]]:
+    with db.read() as conn:
+        rows = conn.execute(select(webhook_events).order_by(webhook_events.c.seq)).all()
+    return [dict(r._mapping) for r in rows]
+
+
+def test_status_changes_write_outbox_rows_in_the_same_transaction(db: Database) -> None:
+    key, _ = KeyRepo(db).create("k")
+    repo = TaskRepo(db)
+    task = repo.create(hooked("wh-1"), key.id)
+    assert outbox(db) == []  # queued makes no event: the submit answer said it
+    running = repo.update(task, status=Status.RUNNING, progress=5)
+    assert running is not None
+    assert [(e["type"], e["version"], e["state"]) for e in outbox(db)] == [("task.running", 2, "pending")]
+    event = outbox(db)[0]
+    assert str(event["id"]).startswith("msg_") and event["url"] == "https://hooks.example.com/x"
+    assert event["public_id"] == "wh-1" and event["key_id"] == key.id and event["payload"] is None
+    # A losing compare-and-set writes no outbox row either.
+    assert repo.update(task, status=Status.CANCELED) is None
+    assert len(outbox(db)) == 1
+    # Progress, and finalizing (still "running" for clients), make no event.
+    moved = repo.update(running, progress=50)
+    assert moved is not None
+    finalizing = repo.update(moved, status=Status.FINALIZING)
+    assert finalizing is not None and len(outbox(db)) == 1
+    done = repo.update(finalizing, status=Status.SUCCEEDED, finished_at=now_ms())
+    assert done is not None
+    assert [(e["type"], e["task_status"], e["version"]) for e in outbox(db)] == [
+        ("task.running", "running", 2),
+        ("task.succeeded", "succeeded", 5),
+    ]
+
+
+def test_outbox_url_comes_from_the_task_or_the_key_default(db: Database) -> None:
+    keys, hooks, repo = KeyRepo(db), WebhookRepo(db), TaskRepo(db)
+    plain, _ = keys.create("plain")
+    with_default, _ = keys.create("default", webhook_url="https://default.example.com/h")
+    quiet = repo.create(hooked("q", url=None), plain.id)
+    assert repo.update(quiet, status=Status.FAILED) is not None
+    assert outbox(db) == []  # no URL anywhere: no event
+    fallback = repo.create(hooked("d", url=None), with_default.id)
+    direct = repo.create(hooked("t", url="https://task.example.com/h"), with_default.id)
+    assert repo.update(fallback, status=Status.FINALIZING) is not None  # queued → finalizing: running
+    assert repo.update(direct, status=Status.CANCELED) is not None
+    assert [(e["public_id"], e["type"], e["url"]) for e in outbox(db)] == [
+        ("d", "task.running", "https://default.example.com/h"),
+        ("t", "task.canceled", "https://task.example.com/h"),
+    ]
+    # Settings: every key has a secret from creation; the default can be changed and the secret rotated.
+    url, secret = hooks.key_settings(plain.id)
+    assert url is None and secret.startswith("whsec_") and len(base64.b64decode(secret[6:])) == 32
+    url2, secret2 = hooks.set_key_settings(plain.id, url="https://new.example.com", rotate=True)
+    assert url2 == "https://new.example.com" and secret2 != secret
+    assert hooks.set_key_settings(plain.id, url=None, keep_url=True) == (url2, secret2)
+    assert hooks.set_key_settings(plain.id, url=None) == (None, secret2)
+    assert hooks.find_key(plain.prefix) == plain.id and hooks.find_key("nope") is None
+
+
+def test_fanout_children_send_no_events_their_parent_does(db: Database) -> None:
+    key, _ = KeyRepo(db).create("k")
+    repo = TaskRepo(db)
+    parent = repo.create(hooked("p", children=(hooked("c1"), hooked("c2"))), key.id)
+    for kid in repo.children(parent.id):
+        assert repo.update(kid, status=Status.RUNNING) is not None
+    assert outbox(db) == []
+    assert repo.update(parent, status=Status.RUNNING) is not None
+    assert [(e["public_id"], e["type"]) for e in outbox(db)] == [("p", "task.running")]
+
+
+def test_delivery_claims_in_task_order_and_records_attempts(db: Database) -> None:
+    key, _ = KeyRepo(db).create("k")
+    repo, hooks = TaskRepo(db), WebhookRepo(db)
+    task = repo.create(hooked("o-1"), key.id)
+    running = repo.update(task, status=Status.RUNNING)
+    assert running is not None and repo.update(running, status=Status.FAILED) is not None
+    now = now_ms()
+    first = hooks.claim_due(now + 1, 10, lease_until=now + 60_000)
+    assert [e.type for e in first] == ["task.running"]  # the failed event waits for it
+    assert hooks.claim_due(now + 1, 10, lease_until=now + 60_000) == []  # leased: nobody takes it twice
+    assert hooks.next_due_at() == now + 60_000
+    assert hooks.set_payload(first[0].seq, '{"a":1}') == '{"a":1}'
+    assert hooks.set_payload(first[0].seq, '{"b":2}') == '{"a":1}'  # frozen: first writer wins
+    retry = Outcome(
+        attempt=1, at=now, duration_ms=3, state=PENDING, next_attempt_at=now + 10, http_status=500
+    )
+    assert hooks.record(first[0], retry)
+    assert not hooks.record(first[0], retry)  # an attempt is recorded once
+    again = hooks.claim_due(now + 20, 10, lease_until=now + 60_000)
+    assert [(e.type, e.attempts) for e in again] == [("task.running", 1)]
+    ok = Outcome(attempt=2, at=now + 20, duration_ms=4, state=DELIVERED, http_status=204, response="")
+    assert hooks.record(again[0], ok)
+    nxt = hooks.claim_due(now + 20, 10, lease_until=now + 60_000)
+    assert [e.type for e in nxt] == ["task.failed"]
+    gone = Outcome(attempt=1, at=now + 30, duration_ms=1, state=FAILED, error="blocked")
+    assert hooks.record(nxt[0], gone)
+    assert hooks.next_due_at() is None
+    log = hooks.page(key_id=key.id, limit=10)
+    assert [(e.type, e.state, [a.http_status for a in e.log]) for e in log] == [
+        ("task.failed", "failed", [None]),
+        ("task.running", "delivered", [500, 204]),
+    ]
+    assert log[1].delivered_at == now + 20 and log[0].log[0].error == "blocked"
+    assert [e.type for e in hooks.page(key_id=key.id, limit=10, after=log[0].id)] == ["task.running"]
+    assert [e.type for e in hooks.page(key_id=None, limit=10, state="failed", task_id="o-1")] == [
+        "task.failed"
+    ]
+    assert hooks.page(key_id="someone-else", limit=10) == []
+    assert hooks.redeliver(log[0].id) and not hooks.redeliver(log[0].id)
+    assert [e.type for e in hooks.claim_due(now_ms() + 1, 10, lease_until=now + 60_000)] == ["task.failed"]
+
+
+def test_delete_removes_the_task_its_children_and_their_rows(db: Database) -> None:
+    key, _ = KeyRepo(db).create("k")
+    repo = TaskRepo(db)
+    keep = repo.create(spec("keep"), key.id)
+    parent = repo.create(spec("gone", children=(spec("gone-1"), spec("gone-2"))), key.id)
+    kids = repo.children(parent.id)
+    asset = NewAsset(
+        role="video", key=f"{kids[0].id}/video-0.mp4", mime="video/mp4", bytes=10, sha256="a" * 64
+    )
+    assert repo.update(kids[0], new_assets=[asset], status=Status.SUCCEEDED) is not None
+    removed = repo.delete(parent)
+    assert {t.public_id for t in removed} == {"gone", "gone-1", "gone-2"}
+    assert removed[0].id == parent.id
+    for task in removed:
+        assert repo.get(task.id) is None and repo.events(task.id) == []
+    with db.read() as conn:
+        assert conn.execute(text("select count(*) from assets")).scalar() == 0
+    assert repo.get(keep.id) == keep and [t.public_id for t in repo.page(key_id=key.id, limit=10)] == ["keep"]
+    assert repo.update(kids[1], status=Status.RUNNING) is None  # a step still running loses its write

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from mediarelay import __version__
-from mediarelay.api import files, native
+from mediarelay.api import files, native, webhooks
 from mediarelay.api.fastpath import FastStatus
 from mediarelay.api.limits import BodyLimit
 from mediarelay.api.routes import dialect_router
@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     for dialect in DIALECTS:
         api.include_router(dialect_router(dialect))
     api.include_router(files.router)
+    api.include_router(webhooks.router)
 
     @api.get("/healthz", tags=["Operations"], summary="Liveness")
     async def healthz() -> dict[str, str]:

@@ -11,6 +11,7 @@ from mediarelay.api.auth import Authenticator
 from mediarelay.api.errors import ErrorRenderer
 from mediarelay.api.status import StatusService
 from mediarelay.api.views import ViewCache
+from mediarelay.api.webhooks import Webhooks
 from mediarelay.channels.registry import ChannelSet
 from mediarelay.channels.sandbox import SANDBOX_VOICES
 from mediarelay.config import Settings
@@ -55,6 +56,7 @@ class Services:
     errors: ErrorRenderer
     status: StatusService
     catalog: ChannelCatalog
+    webhooks: Webhooks
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -70,6 +72,8 @@ class Services:
         engine.listeners.append(views.refresh)
         auth = Authenticator(keys)
         errors = ErrorRenderer(DIALECTS)
+        webhooks = Webhooks(settings.webhooks, db, tasks, views)
+        engine.listeners.append(webhooks.on_change)  # after views.refresh
         return cls(
             settings=settings,
             db=db,
@@ -84,6 +88,7 @@ class Services:
             errors=errors,
             status=StatusService(auth, views, errors),
             catalog=ChannelCatalog(channels),
+            webhooks=webhooks,
         )
 
     def ensure_admin_key(self) -> str | None:
@@ -99,8 +104,10 @@ class Services:
             log.info("removed %d partial files left by an earlier run", removed)
         self.driver = InProcessDriver(self.engine, concurrency=self.settings.workers)
         self.driver.start()
+        self.webhooks.start()
 
     async def stop(self) -> None:
         if self.driver is not None:
             await self.driver.stop()
+        await self.webhooks.stop()
         await asyncio.to_thread(self.db.dispose)

@@ -4,6 +4,7 @@ from mediarelay.dialects import (
     avatar,
     faceswap,
     native,
+    openai_videos,
     pika,
     unified_video,
 )
@@ -13,6 +14,7 @@ DIALECTS: tuple[Dialect, ...] = (
     avatar.dialect,
     faceswap.dialect,
     native.dialect,
+    openai_videos.dialect,
     pika.dialect,
     unified_video.dialect,
 )

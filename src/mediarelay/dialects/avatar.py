@@ -81,6 +81,7 @@ class AvatarRequest(BaseModel):
     create_voice: CreateVoice | None = None
     use_voice: UseVoice | None = None
     no_watermark: bool = False
+    callback_url: Url | None = Field(default=None, description="[MR] webhook URL (docs/webhooks.md)")
 
     @model_validator(mode="after")
     def _one_voice(self) -> AvatarRequest:
@@ -167,6 +168,8 @@ def parse(body: AvatarRequest) -> TaskSpec:
         "fps": 25,
         "audio": True,
     }
+    if body.callback_url:
+        params["webhook_url"] = body.callback_url  # checked and applied by the API layer
     return TaskSpec(
         dialect=NAME,
         model=MODEL,

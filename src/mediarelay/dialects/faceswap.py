@@ -87,6 +87,7 @@ class CreateTaskRequest(BaseModel):
         default=None, description=f"required for taskType 5: one of {', '.join(FILTERS)}"
     )
     scale: Literal[2, 4] | None = Field(default=None, description="upscale factor for taskType 6 (default 2)")
+    callbackUrl: Url | None = Field(default=None, description="[MR] webhook URL (docs/webhooks.md)")
 
     @field_validator("filter")
     @classmethod
@@ -152,12 +153,14 @@ def _video_child(body: CreateTaskRequest, target: str) -> TaskSpec:
 def parse(body: CreateTaskRequest) -> TaskSpec:
     operation, model = TASK_TYPES[body.taskType]
     request = body.model_dump(mode="json", exclude_none=True)
+    # [MR] the webhook URL rides on the top-level task; the API layer checks it and copies it to children
+    hook = {"webhook_url": body.callbackUrl} if body.callbackUrl else {}
     if body.taskType != 7:
         return TaskSpec(
             dialect=NAME,
             model=model,
             operation=operation,
-            params=_image_params(body),
+            params={**_image_params(body), **hook},
             request=request,
             public_id=hex_id(16),
         )
@@ -172,6 +175,7 @@ def parse(body: CreateTaskRequest) -> TaskSpec:
             "face_url": body.faceUrl,
             "target_urls": list(body.targetUrls),
             "fanout": len(children),
+            **hook,
         },
         request=request,
         public_id=hex_id(16),

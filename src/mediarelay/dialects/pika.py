@@ -26,7 +26,15 @@ from pydantic import (
 )
 
 from mediarelay.dialects.base import Dialect, RenderContext
-from mediarelay.dialects.common import MAX_PROMPT, Prompt, UrlOrBase64, openai_style_error, seed_of, uuid_id
+from mediarelay.dialects.common import (
+    MAX_PROMPT,
+    Prompt,
+    Url,
+    UrlOrBase64,
+    openai_style_error,
+    seed_of,
+    uuid_id,
+)
 from mediarelay.domain import MediarelayError, Operation, Status, Task, TaskSpec, invalid
 
 NAME = "pika"
@@ -153,6 +161,7 @@ class PikaRequest(BaseModel):
     options: Options
     image: OptionalMedia = Field(default=None, description="URL or base64 of a start image")
     video: OptionalMedia = Field(default=None, description="URL or base64 of a video to extend or restyle")
+    callbackUrl: Url | None = Field(default=None, description="[MR] webhook URL (docs/webhooks.md)")
 
     @field_validator("pikaffect")
     @classmethod
@@ -215,6 +224,8 @@ def parse(body: PikaRequest) -> TaskSpec:
             fps=opts.frameRate,
             audio=body.pikaffect is not None,  # an effect adds sound [DOC]
         )
+    if body.callbackUrl:
+        params["webhook_url"] = body.callbackUrl  # checked and applied by the API layer
     return TaskSpec(
         dialect=NAME,
         model=f"pika-{model}",

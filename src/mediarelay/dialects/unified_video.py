@@ -161,6 +161,7 @@ class VideoCreateRequest(BaseModel):
     aspect_ratio: Literal["16:9", "9:16", "2:3", "3:2", "1:1"] | None = Field(
         None, description="veo3*: 16:9 | 9:16 (default 16:9); grok: 2:3 | 3:2 | 1:1 (default 3:2)"
     )
+    callback_url: Url | None = Field(None, description="[MR] webhook URL (docs/webhooks.md)")
 
     @field_validator("model")
     @classmethod
@@ -306,6 +307,8 @@ def parse(body: VideoCreateRequest) -> TaskSpec:
     _check_fields(body, family)
     public_id, params = BUILDERS[family](body)
     params = {"family": family, "prompt": body.prompt, "images": list(body.images), **params}
+    if body.callback_url:
+        params["webhook_url"] = body.callback_url  # checked and applied by the API layer
     return TaskSpec(
         dialect=NAME,
         model=body.model,

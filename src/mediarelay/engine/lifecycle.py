@@ -25,6 +25,8 @@ from mediarelay.store.tasks import NewAsset, TaskRepo
 log = logging.getLogger("mediarelay.engine")
 
 MAX_DISPATCH_ATTEMPTS = 8
+# A video's sprite sheet: 4 x 4 frames at evenly spaced times, 240 px wide tiles (JPEG), for scrubbers.
+SPRITESHEET = {"columns": 4, "rows": 4, "tile_width": 240}
 Listener = Callable[[Task], Awaitable[object]]
 
 
@@ -271,7 +273,7 @@ class Engine:
         )
 
     async def _store_output(self, task: Task, channel: Channel, output: Output) -> list[NewAsset]:
-        """Fetch one output into storage and derive the poster/thumbnail the dialects publish."""
+        """Fetch one output into storage and derive the previews the dialects publish (poster, thumbnail…)."""
         staging = self.storage.new_staging_path(f".{output.ext}")
         try:
             await channel.fetch_output(task, output, staging)
@@ -303,6 +305,13 @@ class Engine:
                     output.index,
                     "webp",
                     lambda d: media.make_poster(source, d, fmt="WEBP", max_side=480),
+                ),
+                await self._derive(
+                    task,
+                    "spritesheet",
+                    output.index,
+                    "jpg",
+                    lambda d: media.make_spritesheet(source, d, **SPRITESHEET),
                 ),
             ]
         else:
@@ -363,4 +372,10 @@ class Engine:
             if parent.started_at is None and started:
                 changes["started_at"] = now_ms()
         # Always bump the version: the parent's published view embeds its children.
-        await self._write(parent, **changes)
+        new = await self._write(parent, **changes)
+        if new is not None and not new.status.terminal:
+            # A child that changed after `kids` was read woke the parent (next_run_at) before this write
+            # cleared it again, and that wake does not bump the version: look again so it is not lost.
+            again = await asyncio.to_thread(self.repo.children, parent.id)
+            if [(k.id, k.version) for k in again] != [(k.id, k.version) for k in kids]:
+                await asyncio.to_thread(self.repo.schedule, new, now_ms())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -52,3 +53,18 @@ class LocalStorage:
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
+
+    def remove(self, key: str) -> None:
+        """Delete one stored file (and its directory once empty); a missing file is not an error."""
+        target = self.path(key)
+        target.unlink(missing_ok=True)
+        parent = target.parent
+        if parent != self.root and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+
+    def remove_tree(self, top: str) -> None:
+        """Delete a top-level directory of files (a task's results), whatever it holds."""
+        target = self.path(top)
+        if target.parent != self.root:
+            raise ValueError(f"not a top-level storage directory: {top!r}")
+        shutil.rmtree(target, ignore_errors=True)

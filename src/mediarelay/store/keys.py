@@ -16,6 +16,7 @@ from ulid import ULID
 from mediarelay.domain import now_ms
 from mediarelay.store.database import Database
 from mediarelay.store.schema import api_keys
+from mediarelay.store.webhooks import new_secret
 
 KEY_PREFIX = "mr-"
 
@@ -54,7 +55,9 @@ class KeyRepo:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def create(self, name: str = "", *, is_admin: bool = False) -> tuple[ApiKey, str]:
+    def create(
+        self, name: str = "", *, is_admin: bool = False, webhook_url: str | None = None
+    ) -> tuple[ApiKey, str]:
         """Create a key; returns it with its secret, which is never stored."""
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         key = ApiKey(
@@ -74,6 +77,8 @@ class KeyRepo:
                     prefix=key.prefix,
                     is_admin=is_admin,
                     created_at=key.created_at,
+                    webhook_url=webhook_url,
+                    webhook_secret=new_secret(),  # every key can sign its webhooks
                 )
             )
         return key, secret

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -49,6 +50,10 @@ api_keys = Table(
     Column("is_admin", Boolean, nullable=False, default=False),
     Column("created_at", BigInteger, nullable=False),
     Column("revoked_at", BigInteger, nullable=True),
+    # Webhooks: the key's default callback URL and its Standard Webhooks signing secret (`whsec_…`,
+    # kept as is: signing needs it). Every key gets a secret at creation (migration 0002 backfilled).
+    Column("webhook_url", String(4096), nullable=True),
+    Column("webhook_secret", String(100), nullable=True),
 )
 
 tasks = Table(
@@ -110,4 +115,47 @@ task_events = Table(
     Column("progress", Integer, nullable=False),
     Column("detail", Text, nullable=True),
     Column("at", BigInteger, nullable=False),
+)
+
+PENDING = "state = 'pending'"
+
+# The webhook outbox: one row per event, inserted in the transaction of the task change it reports.
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("id", String(40), nullable=False, unique=True),  # `msg_<ulid>`: the webhook-id header
+    Column("task_id", String(26), nullable=False),
+    Column("public_id", String(128), nullable=False),
+    Column("dialect", String(32), nullable=False),
+    Column("key_id", String(32), nullable=False),
+    Column("type", String(32), nullable=False),  # task.running | task.succeeded | …
+    Column("task_status", String(16), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("url", String(4096), nullable=False),
+    Column("payload", Text, nullable=True),  # the JSON body, frozen when first rendered
+    Column("state", String(16), nullable=False),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", BigInteger, nullable=True),
+    Column("delivered_at", BigInteger, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    UniqueConstraint("task_id", "version", name="uq_webhook_events_task_version"),
+    Index(
+        "ix_webhook_events_due", "next_attempt_at", sqlite_where=text(PENDING), postgresql_where=text(PENDING)
+    ),
+    Index("ix_webhook_events_key_seq", "key_id", "seq"),
+)
+
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    Column("id", SeqType, primary_key=True, autoincrement=True),
+    Column("event_seq", SeqType, ForeignKey("webhook_events.seq"), nullable=False, index=True),
+    Column("attempt", Integer, nullable=False),
+    Column("at", BigInteger, nullable=False),
+    Column("duration_ms", Integer, nullable=False),
+    Column("http_status", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("response", Text, nullable=True),  # the first bytes of the receiver's answer
 )

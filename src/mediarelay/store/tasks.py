@@ -8,12 +8,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, func, insert, select, update
+from sqlalchemy import Connection, Row, and_, delete, func, insert, select, update
 from ulid import ULID
 
 from mediarelay.domain import Asset, Operation, Status, Task, TaskSpec, now_ms
 from mediarelay.store.database import Database
-from mediarelay.store.schema import assets, task_events, tasks
+from mediarelay.store.schema import assets, metadata, task_events, tasks
+from mediarelay.store.webhooks import enqueue_status_event
 
 ACTIVE_STATUSES = (Status.QUEUED.value, Status.RUNNING.value, Status.FINALIZING.value)
 
@@ -274,7 +275,8 @@ class TaskRepo:
     ) -> Task | None:
         """Compare-and-set on `task.version`. Returns the new task, or None if someone changed it first.
 
-        A status change writes an event row; a child's change wakes its parent, in the same transaction.
+        A status change writes an event row (and a webhook outbox row when the task has a callback URL);
+        a child's change wakes its parent, in the same transaction.
         """
         bad = set(changes) - MUTABLE
         if bad:
@@ -302,6 +304,8 @@ class TaskRepo:
                         at=now,
                     )
                 )
+                # The webhook outbox row commits (or not) with the change it reports.
+                enqueue_status_event(conn, task, status, task.version + 1, now)
             for a in new_assets:
                 conn.execute(
                     insert(assets).values(
@@ -334,3 +338,21 @@ class TaskRepo:
                 .where(tasks.c.id == task.id, tasks.c.version == task.version)
                 .values(next_run_at=next_run_at)
             )
+
+    def delete(self, task: Task) -> list[Task]:
+        """Remove a task and its children with every row that refers to them (assets, events, and any
+        table with a foreign key to tasks.id), in one transaction. Returns the removed tasks.
+
+        The caller stops the task first (a step still running then loses its compare-and-set)."""
+        with self.db.write() as conn:
+            ids = [task.id] + [
+                r[0] for r in conn.execute(select(tasks.c.id).where(tasks.c.parent_id == task.id)).all()
+            ]
+            removed = self._load(conn, ids)
+            conn.execute(delete(task_events).where(task_events.c.task_id.in_(ids)))
+            for table in reversed(metadata.sorted_tables):
+                for fk in table.foreign_keys:
+                    if fk.column is tasks.c.id:
+                        conn.execute(delete(table).where(fk.parent.in_(ids)))
+            conn.execute(delete(tasks).where(tasks.c.id.in_(ids)))
+        return removed
