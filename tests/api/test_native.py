@@ -144,7 +144,8 @@ def test_list_filters_and_cursor(server: Server) -> None:
 
 def test_native_cancel_isolation_and_304(server: Server, api: httpx.Client, other_key: str) -> None:
     task_id = api.post("/pika/generate", json=PIKA, headers={"X-Sandbox-Queue": "60"}).json()["id"]
-    view = native(api, task_id)
+    # Once dispatched, a task held in the sandbox queue does not change until it is canceled.
+    view = wait_until(lambda: native(api, task_id), lambda v: v["channel"] is not None, timeout=30)
     r = api.get(f"/v1/tasks/{view['id']}")
     assert api.get(f"/v1/tasks/{view['id']}", headers={"If-None-Match": r.headers["etag"]}).status_code == 304
     with server.client(other_key) as other:
