@@ -1,6 +1,7 @@
 """Outbound-request safety (SSRF): where mediarelay may send a request that a client chose the URL of.
 
-Webhook deliveries (and, later, relay channels' downloads) go to client-chosen URLs. Unchecked, a client
+Webhook deliveries, relay channels' upstream calls and result downloads go to URLs a client, an upstream or
+the operator chose. Unchecked, a client
 could make the gateway talk to its own loopback services, the private network, or the cloud metadata
 endpoint that hands out credentials. Two checks, with one list of blocked ranges:
 
@@ -10,23 +11,33 @@ endpoint that hands out credentials. Two checks, with one list of blocked ranges
 - `NetGuard.stream`, at request time: the pinned `drawbridge` transport resolves the name once, refuses the
   request if ANY resolved address is blocked, then connects to the address it checked (no second lookup,
   so no DNS rebinding) keeping the Host header and TLS SNI. Redirects are never followed.
+- `NetGuard.open` / `request` / `download`, the one outbound fetcher of relay channels (upstream API calls,
+  result files): the same pinned transport, http/https only, redirects followed by hand so that every
+  hop is checked again under the policy of ITS host (and credentials are dropped when a hop leaves the
+  origin), a byte cap on every body and an overall time limit (slow bodies cannot hold a step forever).
 
 drawbridge 0.1.2 (pinned) blocks private, loopback, link-local, CGNAT, multicast, reserved and IPv6
 transition ranges (IPv4-mapped is unwrapped; NAT64, 6to4 and Teredo are refused outright, as they can
 embed any IPv4 address). Its list misses IPv4-compatible `::a.b.c.d`, IPv4-translated `::ffff:0:a.b.c.d`
 and site-local `fec0::/10`, so the strict policy passes our full list as its extra `ip_blocklist`.
 
-Operator escapes (settings `webhooks.allow_private`, `webhooks.allowed_hosts`): `allow_private` lifts
+Operator escapes (settings `webhooks.allow_private` / `webhooks.allowed_hosts` for webhooks,
+`fetch.allow_private` / `fetch.allowed_hosts` for the fetcher): `allow_private` lifts
 every range except cloud metadata addresses; an `allowed_hosts` entry exempts an IP/CIDR (metadata too,
 when listed explicitly) or a host name (all of its addresses except metadata ones).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import socket
 from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import drawbridge
@@ -103,6 +114,53 @@ class Unresolvable(GuardError):
     """The host name did not resolve (possibly a passing DNS failure)."""
 
 
+class TooLarge(GuardError):
+    """The body is larger than the cap given for it (what was read is discarded)."""
+
+
+# Headers kept when a redirect leaves the origin (scheme, host, port): nothing that can carry a secret.
+CROSS_ORIGIN_HEADERS = frozenset(
+    {"accept", "accept-encoding", "accept-language", "user-agent", "cache-control"}
+)
+BODY_HEADERS = frozenset({"content-length", "content-type", "content-encoding", "transfer-encoding"})
+HEAD_BYTES = 64  # the first bytes of a download, kept to tell what the file really is
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A whole (capped) response from `NetGuard.request`; `url` is the last hop's."""
+
+    status: int
+    headers: httpx.Headers
+    body: bytes
+    url: str
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """What `NetGuard.download` wrote: nothing unless `status` is 2xx."""
+
+    status: int
+    url: str
+    content_type: str | None
+    size: int
+    sha256: str
+    head: bytes
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int]:
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return url.scheme, url.host, port
+
+
+def _redirect_method(method: str, status: int) -> tuple[str, bool]:
+    """(method, keep body) for a redirect hop, as browsers and httpx do: 303 and a non-GET 301/302 turn
+    into a GET without body; 307/308 repeat the request."""
+    if status == 303 or (status in (301, 302) and method not in ("GET", "HEAD")):
+        return "GET", False
+    return method, status in (307, 308)
+
+
 def unwrap(ip: IPAddress) -> IPAddress:
     """An IPv4-mapped IPv6 address is its IPv4 address (the kernel connects to that)."""
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -158,9 +216,18 @@ class NetGuard:
     """The operator's outbound policy, and an HTTP client that enforces it on every request."""
 
     def __init__(
-        self, *, allow_private: bool = False, allowed_hosts: Iterable[str] = (), timeout: float = 10.0
+        self,
+        *,
+        allow_private: bool = False,
+        allowed_hosts: Iterable[str] = (),
+        timeout: float = 10.0,
+        max_redirects: int = 5,
+        user_agent: str = USER_AGENT,
     ) -> None:
         self.allow_private = allow_private
+        self.timeout = timeout
+        self.max_redirects = max_redirects
+        self.user_agent = user_agent
         self.allowed_networks, self.allowed_names = parse_allowed(allowed_hosts)
         blocklist = METADATA_NETWORKS if allow_private else BLOCKED_NETWORKS
         self._strict = self._policy(allow_private, blocklist, timeout)
@@ -177,9 +244,9 @@ class NetGuard:
             ip_blocklist=frozenset(blocklist),
             allow_ports=ALL_PORTS,
             timeout=timeout,
-            max_redirects=0,  # a redirect is an answer, not an instruction: never followed
+            max_redirects=0,  # drawbridge never follows: `open` does, hop by hop, under each hop's policy
             max_response_bytes=None,  # callers read a bounded prefix themselves
-            user_agent=USER_AGENT,
+            user_agent=self.user_agent,
         )
 
     # -- decisions ------------------------------------------------------------------------------
@@ -225,19 +292,32 @@ class NetGuard:
 
     @contextlib.asynccontextmanager
     async def stream(
-        self, method: str, url: str, *, content: bytes, headers: Mapping[str, str]
+        self,
+        method: str,
+        url: str,
+        *,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
     ) -> AsyncIterator[httpx.Response]:
         """Send one request through the checked, pinned transport; the response body is left unread.
+        A redirect is returned as it is, never followed.
 
         Raises `Blocked` (not allowed, or a URL that cannot be requested), `Unresolvable`, or httpx's
         transport errors (refused, reset, timed out).
         """
         try:
-            host = httpx.URL(url).host
+            parsed = httpx.URL(url)
+            host = parsed.host
         except httpx.InvalidURL as exc:
             raise Blocked(f"invalid URL: {exc}") from None
+        if parsed.scheme not in ("http", "https") or not host:
+            raise Blocked("destination not allowed: only http(s) URLs with a host are fetched")
+        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         try:
-            async with self._client(host).stream(method, url, content=content, headers=dict(headers)) as resp:
+            async with self._client(host).stream(
+                method, url, content=content, headers=dict(headers or {}), **extra
+            ) as resp:
                 yield resp
         except drawbridge.DrawbridgeDNSError as exc:
             raise Unresolvable(str(exc)) from None
@@ -248,7 +328,122 @@ class NetGuard:
         except (drawbridge.DrawbridgeError, httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             raise Blocked(f"destination not allowed: {exc}") from None
 
+    @contextlib.asynccontextmanager
+    async def open(
+        self,
+        method: str,
+        url: str,
+        *,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        max_redirects: int | None = None,
+    ) -> AsyncIterator[httpx.Response]:
+        """Like `stream`, but follows up to `max_redirects` redirects itself: each hop is a new request
+        through the pinned transport, checked under the policy of its own host (an allowed name that
+        redirects elsewhere gains nothing), and a hop to another origin drops every header that could
+        carry a credential. Too many hops raise `Blocked`."""
+        limit = self.max_redirects if max_redirects is None else max_redirects
+        hdrs = dict(headers or {})
+        hops = 0
+        while True:
+            async with self.stream(method, url, content=content, headers=hdrs, timeout=timeout) as resp:
+                location = resp.headers.get("location") if resp.is_redirect else None
+                if not location or limit == 0:
+                    yield resp
+                    return
+                if hops >= limit:
+                    raise Blocked(f"destination not allowed: more than {limit} redirects")
+                try:
+                    target = httpx.URL(url).join(location)
+                except httpx.InvalidURL as exc:
+                    raise Blocked(f"destination not allowed: bad redirect ({exc})") from None
+                method, keep_body = _redirect_method(method, resp.status_code)
+            if _origin(target) != _origin(httpx.URL(url)):
+                hdrs = {k: v for k, v in hdrs.items() if k.lower() in CROSS_ORIGIN_HEADERS}
+                keep_body = False
+            if not keep_body:
+                content = None
+                hdrs = {k: v for k, v in hdrs.items() if k.lower() not in BODY_HEADERS}
+            url = str(target)
+            hops += 1
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        max_bytes: int = 10 * 1024 * 1024,
+        max_redirects: int | None = None,
+    ) -> Fetched:
+        """One request, redirects followed (see `open`), the whole body read up to `max_bytes` (else
+        `TooLarge`), everything within `timeout` seconds (else `TimeoutError`)."""
+        limit = self.timeout if timeout is None else timeout
+        async with asyncio.timeout(limit):
+            async with self.open(
+                method, url, content=content, headers=headers, timeout=limit, max_redirects=max_redirects
+            ) as resp:
+                _check_length(resp, max_bytes)
+                body = bytearray()
+                async for chunk in resp.aiter_bytes():
+                    body.extend(chunk)
+                    if len(body) > max_bytes:
+                        raise TooLarge(f"the answer is larger than {max_bytes} bytes")
+                return Fetched(resp.status_code, resp.headers, bytes(body), str(resp.request.url))
+
+    async def download(
+        self,
+        url: str,
+        dest: Path,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        max_bytes: int,
+        max_redirects: int | None = None,
+    ) -> Downloaded:
+        """Stream a file into `dest` with its SHA-256, capped at `max_bytes` (else `TooLarge`) and
+        `timeout` seconds in all (else `TimeoutError`). A non-2xx answer writes nothing. `dest` is
+        removed again when anything goes wrong."""
+        limit = self.timeout if timeout is None else timeout
+        digest = hashlib.sha256()
+        size = 0
+        head = b""
+        try:
+            async with asyncio.timeout(limit):
+                async with self.open(
+                    "GET", url, headers=headers, timeout=limit, max_redirects=max_redirects
+                ) as r:
+                    final = str(r.request.url)
+                    if not 200 <= r.status_code < 300:
+                        return Downloaded(r.status_code, final, r.headers.get("content-type"), 0, "", b"")
+                    _check_length(r, max_bytes)
+                    with dest.open("wb") as out:
+                        async for chunk in r.aiter_bytes():
+                            size += len(chunk)
+                            if size > max_bytes:
+                                raise TooLarge(f"the file is larger than {max_bytes} bytes")
+                            if len(head) < HEAD_BYTES:
+                                head += chunk[: HEAD_BYTES - len(head)]
+                            digest.update(chunk)
+                            out.write(chunk)
+                    return Downloaded(
+                        r.status_code, final, r.headers.get("content-type"), size, digest.hexdigest(), head
+                    )
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
+
     async def aclose(self) -> None:
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()
+
+
+def _check_length(resp: httpx.Response, max_bytes: int) -> None:
+    """Refuse early when the announced length is already over the cap (the read enforces it anyway)."""
+    announced = resp.headers.get("content-length")
+    if announced is not None and announced.isdigit() and int(announced) > max_bytes:
+        raise TooLarge(f"the answer announces {announced} bytes, more than {max_bytes}")

@@ -1,5 +1,9 @@
 """The one small interface every channel type implements (after new-api's per-vendor task adaptor):
 submit, poll, fetch an output, cancel. The engine drives it; a channel never sees HTTP routes.
+
+A relay channel also says which operations its type can run (`operations`) and whether a repeated submit
+of the same task is safe (`idempotent_submit`: the upstream deduplicates by an idempotency key), which
+decides what the engine does after a submit whose outcome is unknown (docs/channels.md).
 """
 
 from __future__ import annotations
@@ -7,9 +11,13 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from mediarelay.domain import Operation, Status, Task
+from mediarelay.domain import Operation, Status, Task, TaskError
+
+if TYPE_CHECKING:
+    from mediarelay.channels.health import ChannelHealth
+    from mediarelay.netguard import NetGuard
 
 
 @dataclass(frozen=True)
@@ -26,11 +34,55 @@ class ChannelConfig:
     deadline_seconds: float = 24 * 3600
     enabled: bool = True
     options: dict[str, Any] = field(default_factory=dict)
+    # Relay channels (docs/channels.md):
+    base_url: str = ""
+    credentials: tuple[str, ...] = ()  # "env:NAME" references; the secret is read when a request is made
+    model_map: tuple[tuple[str, str], ...] = ()  # (glob over mediarelay's model, upstream model), first wins
+    rate_limit: float | None = None  # upstream requests per second (token bucket), None = unlimited
+    rate_burst: int | None = None  # bucket size; default max(1, rate_limit)
+    submit_timeout_seconds: float = 30.0
+    poll_timeout_seconds: float = 15.0
+    breaker_failures: int = 5  # consecutive failures that open the circuit breaker
+    breaker_cooldown_seconds: float = 30.0  # open this long, then one probe request decides
+    max_result_bytes: int | None = None  # None: the fetcher's `fetch.max_bytes`
 
     def serves(self, model: str, operation: Operation) -> bool:
         return any(fnmatch.fnmatchcase(model, m) for m in self.models) and any(
             fnmatch.fnmatchcase(operation.value, o) for o in self.operations
         )
+
+    def upstream_model(self, model: str) -> str:
+        """The model name the upstream knows: the first `model_map` glob that matches, else the same name."""
+        for pattern, target in self.model_map:
+            if fnmatch.fnmatchcase(model, pattern):
+                return target
+        return model
+
+
+@dataclass(frozen=True)
+class ChannelDeps:
+    """What a channel type gets besides its config: the one outbound fetcher and its health record."""
+
+    guard: NetGuard | None = None
+    health: ChannelHealth | None = None
+    max_result_bytes: int = 2 * 1024**3
+    fetch_timeout: float = 300.0
+
+
+class Unsupported(TaskError):
+    """This channel cannot run this task (its upstream lacks an input or a feature the task needs);
+    the engine tries the next channel and counts nothing against this one."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("unsupported", message)
+
+
+class SubmitUnknown(TaskError):
+    """The submit may have reached the upstream (timed out or cut off after sending, or an unreadable
+    answer): repeating it blindly could run and bill the task twice. See docs/channels.md."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("submit_unknown", message, retryable=True)
 
 
 @dataclass(frozen=True)
@@ -88,9 +140,14 @@ class PollResult:
 
 class Channel(Protocol):
     config: ChannelConfig
+    operations: frozenset[Operation]  # what this channel type can run at all
+    idempotent_submit: bool  # a repeated submit of the same task creates nothing new upstream
 
     async def submit(self, task: Task) -> Submitted:
-        """Start the task upstream; must be idempotent on `task.id` (a retry after a crash)."""
+        """Start the task upstream with the credential recorded in `task.upstream["credential"]`.
+
+        Raises `TaskError` (retryable: the request did not take effect, try again or elsewhere),
+        `SubmitUnknown` (it may have), or `Unsupported` (this channel cannot run the task)."""
         ...
 
     async def poll(self, task: Task) -> PollResult: ...

@@ -8,7 +8,9 @@ Controls, per channel (`options` in mediarelay.toml): `queue_seconds`, `run_seco
 (relative spread of both), `failure_rate` (0..1). Per task, to force an outcome:
 - header `X-Sandbox-Fail: <reason>` on the submit, or the word `sandbox-fail` anywhere in the request
   body (a prompt, or a URL such as `https://example.com/face.png?sandbox-fail`): the task fails midway;
-- header `X-Sandbox-Duration: <seconds>`: the run time, and `X-Sandbox-Queue: <seconds>`: the queue time.
+- header `X-Sandbox-Duration: <seconds>`: the run time, and `X-Sandbox-Queue: <seconds>`: the queue time;
+- header `X-Sandbox-Output-Seconds: <seconds>`: a video shorter or longer than requested (as vendors
+  sometimes deliver; billing settles by the real length).
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def outputs_for(task: Task) -> tuple[Output, ...]:
         spec = {
             "width": int(p.get("width", 1280)),
             "height": int(p.get("height", 720)),
-            "seconds": float(p.get("seconds", 5)),
+            "seconds": float((p.get("sandbox") or {}).get("output_seconds") or p.get("seconds", 5)),
             "fps": int(p.get("fps", 24)),
             "audio": bool(p.get("audio", task.operation is Operation.AVATAR)),
             "text": text,
@@ -103,6 +105,10 @@ def outputs_for(task: Task) -> tuple[Output, ...]:
 
 
 class SandboxChannel:
+    operations = frozenset(Operation)
+    idempotent_submit = True  # nothing leaves the process: a repeated submit is the same task
+    generates_outputs = True  # fetch_output makes the media here: CPU work, paced like the previews
+
     def __init__(self, config: ChannelConfig) -> None:
         self.config = config
 

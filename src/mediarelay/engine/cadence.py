@@ -1,7 +1,10 @@
-"""When to poll an upstream next: soon after submit, then paced by observed progress, with jitter.
+"""When to poll an upstream next: soon after submit, then paced by observed progress or by how long the
+channel's tasks have been taking, with jitter.
 
 A fixed 15 s round (new-api) shows results late and hammers upstreams at the same time; pacing each
-task by its own progress rate finds completions early with few requests.
+task by its own progress rate, or by the channel's observed run times, finds completions early with few
+requests: far from the expected end the wait halves towards it, inside the window where most tasks
+finish the task is polled every `fast` seconds, and an overdue task is polled less and less often.
 """
 
 from __future__ import annotations
@@ -9,29 +12,53 @@ from __future__ import annotations
 import random
 
 from mediarelay.channels.base import PollResult
+from mediarelay.channels.health import Durations
 from mediarelay.domain import Task
 
 MIN_DELAY = 0.2
 MAX_DELAY = 30.0
+FAST = 1.0  # seconds between polls while a result is expected any moment
+MIN_OBSERVED = 5  # run times seen before the channel's own durations pace its polls
+WINDOW = (0.05, 0.95)  # the quantiles of observed run times polled at the fast pace
+
+
+def from_observed(elapsed: float, durations: Durations, fast: float = FAST) -> float:
+    """The wait, given how long this channel's tasks took so far (no progress information)."""
+    lo = durations.quantile(WINDOW[0]) or 0.0
+    hi = durations.quantile(WINDOW[1]) or 0.0
+    if elapsed < lo:
+        return max(fast, (lo - elapsed) / 2)  # approach the window in halving steps
+    if elapsed <= hi:
+        return fast
+    return min(15.0, fast * (1 + (elapsed - hi) / max(hi, 1.0)))  # overdue: back off gently
 
 
 def next_poll_delay(
-    task: Task, result: PollResult, now_ms: int, *, rng: random.Random | None = None
+    task: Task,
+    result: PollResult,
+    now_ms: int,
+    *,
+    rng: random.Random | None = None,
+    durations: Durations | None = None,
+    fast: float = FAST,
 ) -> float:
     """Seconds until the next poll of `task`, given what the upstream just answered."""
-    rng = rng or random.Random()
+    uniform = rng.uniform if rng is not None else random.uniform  # no new generator per call: it is hot
+    elapsed = max(0.0, (now_ms - (task.started_at or task.created_at)) / 1000)
     if result.retry_after is not None:
         base = result.retry_after
     else:
-        elapsed = max(0.0, (now_ms - (task.started_at or task.created_at)) / 1000)
         progress = result.progress if result.progress is not None else task.progress
         if progress and 0 < progress < 100:
-            # Remaining time estimated from the rate so far; poll a few times before the expected end.
-            base = elapsed * (100 - progress) / progress / 3
+            # Remaining time estimated from the rate so far; poll a few times before the expected end,
+            # but not more often than the fast pace (an upstream may sit at 99 % for a while).
+            base = max(fast, elapsed * (100 - progress) / progress / 3)
+        elif durations is not None and len(durations) >= MIN_OBSERVED:
+            base = from_observed(elapsed, durations, fast)
         else:
             base = min(1.0 + elapsed / 8, 15.0)
     base = min(max(base, MIN_DELAY), MAX_DELAY)
-    return float(base * rng.uniform(0.9, 1.1))
+    return float(base * uniform(0.9, 1.1))
 
 
 def retry_backoff(attempt: int, *, base: float = 1.0, cap: float = 300.0) -> float:

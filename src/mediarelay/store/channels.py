@@ -1,0 +1,116 @@
+"""Channels in the database: definitions made through the admin API, and the dispatch claim that keeps a
+channel's concurrency limit across every node of a deployment.
+
+The claim is one transaction: count the tasks the channel's upstream is working on, and only if that
+is below the limit mark the task as being submitted there (channel, credential, "submit attempted"),
+as a compare-and-set on its version. On SQLite the one-writer lock serialises claims; on PostgreSQL a
+transaction-scoped advisory lock per channel does, so two nodes cannot both take the last slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, select, text, update
+
+from mediarelay.domain import Status, Task, now_ms
+from mediarelay.store.database import Database
+from mediarelay.store.schema import channels, tasks
+
+BUSY_STATUSES = (Status.QUEUED.value, Status.RUNNING.value)
+
+
+@dataclass(frozen=True)
+class StoredChannel:
+    name: str
+    config: dict[str, Any]
+    created_at: int
+    updated_at: int
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory-lock key for a channel name."""
+    return int.from_bytes(
+        hashlib.blake2b(f"mediarelay-channel:{name}".encode(), digest_size=8).digest(), "big", signed=True
+    )
+
+
+class ChannelRepo:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- definitions ----------------------------------------------------------------------------------
+
+    def list(self) -> list[StoredChannel]:
+        with self.db.read() as conn:
+            rows = conn.execute(select(channels).order_by(channels.c.name)).all()
+        return [StoredChannel(r.name, dict(r.config), r.created_at, r.updated_at) for r in rows]
+
+    def get(self, name: str) -> StoredChannel | None:
+        with self.db.read() as conn:
+            r = conn.execute(select(channels).where(channels.c.name == name)).first()
+        return StoredChannel(r.name, dict(r.config), r.created_at, r.updated_at) if r else None
+
+    def put(self, name: str, config: dict[str, Any]) -> StoredChannel:
+        """Create or replace a definition."""
+        now = now_ms()
+        with self.db.write() as conn:
+            found = conn.execute(select(channels.c.created_at).where(channels.c.name == name)).first()
+            if found is None:
+                conn.execute(
+                    insert(channels).values(name=name, config=config, created_at=now, updated_at=now)
+                )
+                created = now
+            else:
+                conn.execute(
+                    update(channels).where(channels.c.name == name).values(config=config, updated_at=now)
+                )
+                created = found[0]
+        return StoredChannel(name, config, created, now)
+
+    def remove(self, name: str) -> bool:
+        with self.db.write() as conn:
+            return bool(conn.execute(delete(channels).where(channels.c.name == name)).rowcount)
+
+    def stamp(self) -> tuple[int, int]:
+        """(count, newest change): different whenever any node changed a definition."""
+        with self.db.read() as conn:
+            count, newest = conn.execute(select(func.count(), func.max(channels.c.updated_at))).one()
+        return int(count), int(newest or 0)
+
+    # -- load ------------------------------------------------------------------------------------------
+
+    def busy(self) -> dict[str, int]:
+        """Tasks each channel's upstream is working on (queued or running there), deployment-wide."""
+        query = (
+            select(tasks.c.channel, func.count())
+            .where(tasks.c.channel.is_not(None), tasks.c.status.in_(BUSY_STATUSES))
+            .group_by(tasks.c.channel)
+        )
+        with self.db.read() as conn:
+            return {name: int(n) for name, n in conn.execute(query).all()}
+
+    def claim(self, task: Task, channel: str, limit: int, upstream: dict[str, Any]) -> bool | None:
+        """Mark `task` as being submitted to `channel` if it has a free slot.
+
+        True: claimed (the task's version went up by one). False: the channel is full. None: the task
+        changed since it was read (someone else acted on it: leave it)."""
+        now = now_ms()
+        with self.db.write() as conn:
+            if not self.db.is_sqlite:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(channel)})
+            busy = conn.execute(
+                select(func.count()).where(
+                    tasks.c.channel == channel, tasks.c.status.in_(BUSY_STATUSES), tasks.c.id != task.id
+                )
+            ).scalar_one()
+            if busy >= limit:
+                return False
+            done = conn.execute(
+                update(tasks)
+                .where(and_(tasks.c.id == task.id, tasks.c.version == task.version))
+                .values(channel=channel, upstream=upstream, version=task.version + 1, updated_at=now)
+            )
+            return None if done.rowcount != 1 else True
