@@ -14,15 +14,22 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
+from mediarelay.store import database
+from mediarelay.store.database import Database
+
 BIN = Path(sys.executable).parent / "mediarelay"
+PG_ADMIN = os.environ.get("MEDIARELAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 FAST_SANDBOX = {
     "MEDIARELAY_SANDBOX__QUEUE_SECONDS": "0.3",
@@ -179,3 +186,42 @@ def wait_until(
             return last
         time.sleep(every)
     raise AssertionError(f"not done after {timeout}s: {last!r}")
+
+
+def pg_available() -> bool:
+    try:
+        with psycopg.connect(PG_ADMIN, connect_timeout=2):
+            return True
+    except psycopg.Error:
+        return False
+
+
+@contextmanager
+def pg_database(prefix: str = "mr_test") -> Iterator[str]:
+    """A throw-away PostgreSQL database for one test; yields its SQLAlchemy URL, drops it afterwards."""
+    if not pg_available():
+        pytest.skip("no PostgreSQL server reachable at MEDIARELAY_TEST_PG")
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """The store on both backends, migrated to head: every store-level test runs on each."""
+    with ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path / 'store.db'}"
+        else:
+            url = stack.enter_context(pg_database())
+        database.upgrade(url)
+        store = Database(url)
+        try:
+            yield store
+        finally:
+            store.dispose()

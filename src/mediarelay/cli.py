@@ -9,6 +9,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mediarelay import doctor
+from mediarelay.billing import cli as billing_cli
+from mediarelay.client import cli as client_cli
 from mediarelay.config import Settings
 
 app = typer.Typer(
@@ -16,6 +19,9 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+billing_cli.register(app, keys_app)  # keys topup|adjust|limits|account|ledger, usage
+client_cli.register(app)  # submit, status, tasks, download, cancel (HTTP clients of a server)
+doctor.register(app)  # doctor: settings, database, storage, ffmpeg, channels
 
 err = Console(stderr=True)
 
@@ -93,11 +99,33 @@ def keys_create(
     webhook_url: Annotated[
         str | None, typer.Option("--webhook-url", help="The key's default webhook URL (docs/webhooks.md).")
     ] = None,
+    balance: Annotated[
+        str | None, typer.Option(help="Opening balance in currency units; makes the key prepaid.")
+    ] = None,
+    credit_limit: Annotated[
+        str | None, typer.Option("--credit-limit", help="How far below 0 it may go (0 with a balance).")
+    ] = None,
+    daily_cap: Annotated[str | None, typer.Option("--daily-cap", help="Spend per UTC day.")] = None,
+    max_concurrent: Annotated[
+        str | None, typer.Option("--max-concurrent", help="Active tasks at once.")
+    ] = None,
+    rpm: Annotated[str | None, typer.Option(help="Submits a minute.")] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Create a key and print it alone on stdout (it is not stored and cannot be shown again)."""
+    """Create a key and print it alone on stdout (it is not stored and cannot be shown again).
+    Without billing options it has unlimited credit (docs/billing.md)."""
     url = _webhook_url(webhook_url, data_dir, "--webhook-url") if webhook_url is not None else None
-    _, secret = _key_repo(data_dir).create(name, is_admin=admin, webhook_url=url)
+    secret = billing_cli.create_key(
+        data_dir,
+        name,
+        admin=admin,
+        webhook_url=url,
+        balance=balance,
+        credit_limit=credit_limit,
+        daily_cap=daily_cap,
+        max_concurrent=max_concurrent,
+        rpm=rpm,
+    )
     print(secret)
 
 

@@ -7,10 +7,12 @@ Nested values use `__` in the environment, e.g. `MEDIARELAY_SANDBOX__RUN_SECONDS
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,20 +20,85 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from mediarelay.billing.prices import FREE, PriceRule
 from mediarelay.channels.base import ChannelConfig
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+ENV_REF = re.compile(r"^env:[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class ChannelSettings(BaseModel):
-    name: str
+    """One `[[channels]]` entry (docs/channels.md); the admin API takes the same fields."""
+
+    # A secret pasted into `credentials` by mistake must not end up in an error message or a log.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    name: str = Field(pattern=NAME_PATTERN)
     type: str
-    models: list[str] = ["*"]
+    base_url: str | None = None  # relay types: the upstream's API root
+    credentials: list[str] = []  # "env:NAME" references, used round robin; never the secrets themselves
+    models: list[str] = ["*"]  # glob patterns over mediarelay's model names
+    model_map: dict[str, str] = {}  # glob over mediarelay's model -> the upstream's model name, first wins
     operations: list[str] = ["*"]
     priority: int = 0
-    weight: int = 1
-    max_concurrency: int = 64
-    deadline_seconds: float = 24 * 3600
+    weight: int = Field(default=1, ge=1)
+    max_concurrency: int = Field(default=64, ge=1)  # tasks at the upstream at once, deployment-wide
+    rate_limit: float | None = Field(default=None, gt=0)  # upstream requests per second (per node)
+    rate_burst: int | None = Field(default=None, ge=1)
+    submit_timeout_seconds: float = Field(default=30.0, gt=0)
+    poll_timeout_seconds: float = Field(default=15.0, gt=0)
+    deadline_seconds: float = Field(default=24 * 3600, gt=0)
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_cooldown_seconds: float = Field(default=30.0, ge=0)
+    max_result_bytes: int | None = Field(default=None, ge=1)
     enabled: bool = True
     options: dict[str, Any] = {}
+
+    @field_validator("credentials")
+    @classmethod
+    def _env_refs(cls, value: list[str]) -> list[str]:
+        for i, ref in enumerate(value):
+            if not ENV_REF.match(ref):  # never echo it: it may be a secret pasted by mistake
+                raise ValueError(
+                    f"entry {i} is not an environment reference like 'env:VENDOR_KEY' "
+                    "(secrets are never stored in the configuration)"
+                )
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @classmethod
+    def from_config(cls, cfg: ChannelConfig) -> ChannelSettings:
+        return cls(
+            name=cfg.name,
+            type=cfg.type,
+            base_url=cfg.base_url or None,
+            credentials=list(cfg.credentials),
+            models=list(cfg.models),
+            model_map=dict(cfg.model_map),
+            operations=list(cfg.operations),
+            priority=cfg.priority,
+            weight=cfg.weight,
+            max_concurrency=cfg.max_concurrency,
+            rate_limit=cfg.rate_limit,
+            rate_burst=cfg.rate_burst,
+            submit_timeout_seconds=cfg.submit_timeout_seconds,
+            poll_timeout_seconds=cfg.poll_timeout_seconds,
+            deadline_seconds=cfg.deadline_seconds,
+            breaker_failures=cfg.breaker_failures,
+            breaker_cooldown_seconds=cfg.breaker_cooldown_seconds,
+            max_result_bytes=cfg.max_result_bytes,
+            enabled=cfg.enabled,
+            options=dict(cfg.options),
+        )
 
     def to_config(self) -> ChannelConfig:
         return ChannelConfig(
@@ -45,7 +112,32 @@ class ChannelSettings(BaseModel):
             deadline_seconds=self.deadline_seconds,
             enabled=self.enabled,
             options=dict(self.options),
+            base_url=self.base_url or "",
+            credentials=tuple(self.credentials),
+            model_map=tuple(self.model_map.items()),
+            rate_limit=self.rate_limit,
+            rate_burst=self.rate_burst,
+            submit_timeout_seconds=self.submit_timeout_seconds,
+            poll_timeout_seconds=self.poll_timeout_seconds,
+            breaker_failures=self.breaker_failures,
+            breaker_cooldown_seconds=self.breaker_cooldown_seconds,
+            max_result_bytes=self.max_result_bytes,
         )
+
+
+class FetchSettings(BaseModel):
+    """The one outbound fetcher of relay channels: upstream API calls and result downloads."""
+
+    allow_private: bool = False  # let it reach private/loopback addresses (never metadata ones)
+    allowed_hosts: list[str] = []  # IPs, CIDRs or host names exempt from the address check
+    timeout_seconds: float = Field(default=300.0, gt=0)  # one result download, all of it
+    max_bytes: int = Field(default=2 * 1024**3, ge=1)  # the largest result file taken
+    max_redirects: int = Field(default=5, ge=0)
+
+
+def config_path() -> Path:
+    """The configuration file: `MEDIARELAY_CONFIG`, else `./mediarelay.toml` (it need not exist)."""
+    return Path(os.environ.get("MEDIARELAY_CONFIG", "mediarelay.toml"))
 
 
 class SandboxSettings(BaseModel):
@@ -70,8 +162,20 @@ class WebhookSettings(BaseModel):
     concurrency: int = Field(default=16, ge=1)
 
 
+class BillingSettings(BaseModel):
+    """Money (docs/billing.md): amounts are integer micro-units of `currency`; prices are `[[prices]]`."""
+
+    currency: str = ""  # a label only (e.g. "USD"), shown by the account API and the CLI
+    default_price: PriceRule = FREE  # for models no `[[prices]]` rule matches: free by default
+    default_seconds: float = Field(default=5.0, gt=0)  # a video's length when its request names none
+    idempotency_hours: float = Field(default=24.0, ge=24)  # how long an Idempotency-Key is remembered
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MEDIARELAY_", env_nested_delimiter="__", extra="ignore")
+    # hide_input_in_errors: a secret pasted where a reference belongs must not reach the logs.
+    model_config = SettingsConfigDict(
+        env_prefix="MEDIARELAY_", env_nested_delimiter="__", extra="ignore", hide_input_in_errors=True
+    )
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -85,6 +189,9 @@ class Settings(BaseSettings):
     sandbox: SandboxSettings = SandboxSettings()
     webhooks: WebhookSettings = WebhookSettings()
     channels: list[ChannelSettings] = []
+    fetch: FetchSettings = FetchSettings()
+    billing: BillingSettings = BillingSettings()
+    prices: list[PriceRule] = []  # first match wins; the admin API may replace the table
 
     @classmethod
     def settings_customise_sources(
@@ -95,8 +202,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_path = Path(os.environ.get("MEDIARELAY_CONFIG", "mediarelay.toml"))
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config_path()))
 
     @property
     def db_url(self) -> str:
@@ -122,6 +228,7 @@ class Settings(BaseSettings):
                     name="sandbox",
                     type="sandbox",
                     priority=-100,  # real channels first; the sandbox serves what nothing else does
+                    max_concurrency=1_000_000,  # [MR] no upstream to protect: no concurrency limit
                     deadline_seconds=s.deadline_seconds,
                     options={
                         "queue_seconds": s.queue_seconds,

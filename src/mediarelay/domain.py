@@ -77,11 +77,19 @@ HTTP_STATUS: dict[ErrorKind, int] = {
 class MediarelayError(Exception):
     """An error with a class and a human message; the caller's dialect decides its envelope."""
 
-    def __init__(self, kind: ErrorKind, message: str, *, param: str | None = None) -> None:
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.param = param
+        self.headers = headers or {}  # sent with the error in every dialect (e.g. Retry-After on 429)
 
     @property
     def http_status(self) -> int:

@@ -40,6 +40,7 @@ __all__ = [
     "make_thumbnail",
     "make_video",
     "probe",
+    "sniff",
 ]
 
 MIME = {
@@ -48,6 +49,9 @@ MIME = {
     "jpg": "image/jpeg",
     "jpeg": "image/jpeg",
     "webp": "image/webp",
+    "gif": "image/gif",
+    "mov": "video/quicktime",
+    "webm": "video/webm",
 }
 
 _FFMPEG_THREADS = 2
@@ -174,6 +178,34 @@ async def make_thumbnail(
     if max_side <= 0:
         raise ValueError(f"max_side must be positive, got {max_side}")
     return await asyncio.to_thread(_make_thumbnail_sync, Path(image), Path(dest), pil_fmt, max_side)
+
+
+# What a result file really is, by its first bytes: (role, extension). Upstream names and Content-Types lie.
+_MAGIC: tuple[tuple[int, bytes, str, str], ...] = (
+    (0, b"\x89PNG\r\n\x1a\n", "image", "png"),
+    (0, b"\xff\xd8\xff", "image", "jpg"),
+    (0, b"GIF87a", "image", "gif"),
+    (0, b"GIF89a", "image", "gif"),
+    (0, b"\x1a\x45\xdf\xa3", "video", "webm"),
+)
+# ISO media files that are not videos: audio only, and HEIF/AVIF still images (not taken).
+_NOT_VIDEO_BRANDS = (b"M4A ", b"M4B ", b"M4P ", b"F4A ", b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis")
+
+
+def sniff(head: bytes) -> tuple[str, str] | None:
+    """(role, extension) of an image or video from its first bytes — "video"/"mp4"|"mov"|"webm" or
+    "image"/"png"|"jpg"|"webp"|"gif" — or None for anything else (HTML error pages, audio, text)."""
+    for offset, magic, role, ext in _MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return role, ext
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image", "webp"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in _NOT_VIDEO_BRANDS:
+            return None
+        return "video", "mov" if brand == b"qt  " else "mp4"
+    return None
 
 
 def probe(path: Path) -> MediaInfo:

@@ -1,16 +1,17 @@
 """Durability: SIGKILL the server with tasks of every dialect in every stage, restart it, and every task
-finishes exactly once, with its files intact."""
+finishes exactly once, with its files intact, and every key's books balance (prices are configured)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from conftest import start_server, wait_until
+from conftest import Server, start_server, wait_until
 from mediarelay.media import probe
 
 PIKA = {
@@ -81,9 +82,102 @@ DIALECTS: dict[str, Dialect] = {
 }
 
 
+# Every task costs money, so a lost or doubled step would show in the books (docs/billing.md).
+PRICES = [
+    {"model": "*", "operation": "upscale", "per_image": 70_000},
+    {"model": "*", "operation": "face_swap_video", "per_task": 90_000, "per_second": 1_000},
+    {"model": "*", "per_task": 100_000, "per_second": 20_000},
+]
+# A second key's tasks fail (midway, some after the restart) or are canceled (before and after the kill).
+LOSING: list[tuple[str, dict[str, Any], dict[str, str], Callable[[Any], str], Callable[[str], str]]] = [
+    *[
+        (
+            "/v1/video/create",
+            {"model": "sora-2", "prompt": "a storm", "size": "small", "duration": 10},
+            {"X-Sandbox-Fail": "boom", "X-Sandbox-Duration": str(d), "X-Sandbox-Queue": "0"},
+            lambda r: r["id"],
+            lambda i: f"/v1/video/query?id={i}",
+        )
+        for d in (0.4, 1.5, 4.0)
+    ],
+    *[
+        (
+            "/pika/generate",
+            PIKA,
+            {"X-Sandbox-Queue": "120"},
+            lambda r: r["id"],
+            lambda i: f"/pika/feed/{i}",
+        )
+        for _ in range(2)
+    ],
+    (
+        "/createTask",
+        {
+            "taskType": 7,
+            "faceUrl": "https://example.com/face.png",
+            "targetUrls": ["https://example.com/v1.mp4", "https://example.com/v2.mp4?sandbox-fail"],
+        },
+        {"X-Sandbox-Duration": "1.5"},
+        lambda r: r["data"]["promptId"],
+        lambda i: f"/getTaskInfo?promptId={i}",
+    ),
+]
+
+
+def assert_books_balance(server: Server) -> None:
+    """Every key's books from the database alone: balance = sum of its ledger, balance + used = money in,
+    one charge per task that does work, refunds only for failed/canceled tasks, settlements only for
+    succeeded ones, and each task's open/settled/refunded state matching its status."""
+    for key_id, balance, used, limit in server.rows(
+        "select key_id, balance, used, credit_limit from accounts"
+    ):
+        (total,) = server.rows(f"select coalesce(sum(amount), 0) from ledger where key_id='{key_id}'")[0]
+        (money_in,) = server.rows(
+            f"select coalesce(sum(amount), 0) from ledger where key_id='{key_id}' and kind in ('topup','adjust')"
+        )[0]
+        (spent,) = server.rows(f"select coalesce(sum(amount), 0) from task_charges where key_id='{key_id}'")[
+            0
+        ]
+        assert total == balance and balance + used == money_in and used == spent, key_id
+        assert limit is None or balance >= -limit
+    workers = {
+        t: s
+        for t, s in server.rows(
+            "select id, status from tasks where id not in (select parent_id from tasks where parent_id is not null)"
+        )
+    }
+    charged = dict(server.rows("select task_id, count(*) from ledger where kind='charge' group by task_id"))
+    assert charged == dict.fromkeys(workers, 1)  # every task that does work charged exactly once
+    state = {"succeeded": "settled", "failed": "refunded", "canceled": "refunded"}
+    charges = dict(server.rows("select task_id, state from task_charges"))
+    assert charges == {t: state[s] for t, s in workers.items()}
+    for kind, statuses in [("refund", {"failed", "canceled"}), ("settle", {"succeeded"})]:
+        for task_id, count in server.rows(
+            f"select task_id, count(*) from ledger where kind='{kind}' group by task_id"
+        ):
+            assert workers[task_id] in statuses and count == 1, (kind, task_id)
+    refunded = server.rows(
+        "select c.estimate, l.amount from task_charges c join ledger l on l.task_id=c.task_id and l.kind='refund'"
+    )
+    assert refunded and all(estimate == amount for estimate, amount in refunded)  # refunds return it all
+
+
 def test_kill_9_mid_flight_then_restart_finishes_every_task_once(tmp_path: Path) -> None:
-    server = start_server(tmp_path, MEDIARELAY_SANDBOX__QUEUE_SECONDS="0.2", MEDIARELAY_SANDBOX__JITTER="0")
-    key = server.new_key()
+    server = start_server(
+        tmp_path,
+        MEDIARELAY_SANDBOX__QUEUE_SECONDS="0.2",
+        MEDIARELAY_SANDBOX__JITTER="0",
+        MEDIARELAY_PRICES=json.dumps(PRICES),
+    )
+    key = server.cli("keys", "create", "--balance", "100").stdout.strip()  # prepaid
+    loser = server.cli("keys", "create", "--balance", "10").stdout.strip()
+    losing: list[tuple[str, Callable[[str], str]]] = []
+    with server.client(loser) as api:
+        for path, body, headers, id_of_, url_of in LOSING:
+            r = api.post(path, json=body, headers=headers)
+            assert r.status_code == 200, r.text
+            losing.append((id_of_(r.json()), url_of))
+        assert api.post(f"/pika/feed/{losing[3][0]}/cancel").status_code == 200
     submitted: list[tuple[str, str]] = []
     with server.client(key) as api:
         for i in range(20):
@@ -105,6 +199,7 @@ def test_kill_9_mid_flight_then_restart_finishes_every_task_once(tmp_path: Path)
             return sum(DIALECTS[n][4](api.get(DIALECTS[n][3](i)).json()) for n, i in submitted)
 
         wait_until(finished, lambda n: n >= 4, timeout=60, every=0.05)
+        key_id = api.get("/v1/account").json()["id"]
     server.kill()
     active = server.rows("select count(*) from tasks where status in ('queued','running','finalizing')")[0][0]
     assert active, "nothing was in flight at the kill"
@@ -115,13 +210,35 @@ def test_kill_9_mid_flight_then_restart_finishes_every_task_once(tmp_path: Path)
             _, _, _, url, done, result = DIALECTS[name]
             state = wait_until(lambda u=url(task_id): api.get(u).json(), done, timeout=120)
             assert httpx.get(result(state)).status_code == 200
+    with server.client(loser) as api:
+        assert api.post(f"/pika/feed/{losing[4][0]}/cancel").status_code == 200
+        for task_id, _ in losing:  # the native view shows any dialect's task in mediarelay's terms
+            wait_until(
+                lambda i=task_id: api.get(f"/v1/tasks/{i}").json()["status"],
+                lambda s: s in ("failed", "canceled"),
+                timeout=120,
+            )
+        loser_id = api.get("/v1/account").json()["id"]
+    wait_until(
+        lambda: server.rows(
+            f"select count(*) from tasks where key_id='{loser_id}' and status not in ('failed','canceled','succeeded')"
+        ),
+        lambda n: n == [(0,)],
+        timeout=60,
+    )
     server.stop()
+    assert_books_balance(server)
+    (refunded,) = server.rows(f"select count(*) from ledger where key_id='{loser_id}' and kind='refund'")[0]
+    assert refunded == 6  # three failed, two canceled, one failed batch child; its good child paid
 
     # Exactly once: one 'succeeded' transition per task (batch children included) and one set of files.
-    tasks = server.rows("select id, status, parent_id from tasks")
+    tasks = server.rows(f"select id, status, parent_id from tasks where key_id='{key_id}'")
     assert {status for _, status, _ in tasks} == {"succeeded"}
     done_events = dict(
-        server.rows("select task_id, count(*) from task_events where status='succeeded' group by task_id")
+        server.rows(
+            "select task_id, count(*) from task_events where status='succeeded' "
+            f"and task_id in (select id from tasks where key_id='{key_id}') group by task_id"
+        )
     )
     assert set(done_events) == {t for t, _, _ in tasks} and set(done_events.values()) == {1}
     per_task = dict(server.rows("select task_id, count(*) from assets group by task_id"))

@@ -4,53 +4,16 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import os
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
-import psycopg
 import pytest
 from sqlalchemy import select, text
 
 from mediarelay.domain import Operation, Status, TaskSpec, now_ms
-from mediarelay.store import database
 from mediarelay.store.database import Database
 from mediarelay.store.keys import KeyRepo
 from mediarelay.store.schema import webhook_events
 from mediarelay.store.tasks import NewAsset, TaskRepo
 from mediarelay.store.webhooks import DELIVERED, FAILED, PENDING, Outcome, WebhookRepo
-
-PG_ADMIN = os.environ.get("MEDIARELAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def pg_available() -> bool:
-    try:
-        with psycopg.connect(PG_ADMIN, connect_timeout=2):
-            return True
-    except psycopg.Error:
-        return False
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-        name = None
-    else:
-        if not pg_available():
-            pytest.skip("no PostgreSQL server reachable at MEDIARELAY_TEST_PG")
-        name = f"mr_test_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
-    database.upgrade(url)
-    store = Database(url)
-    yield store
-    store.dispose()
-    if name:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def spec(public_id: str, children: tuple[TaskSpec, ...] = ()) -> TaskSpec:

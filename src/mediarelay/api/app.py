@@ -5,17 +5,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from starlette.types import ASGIApp
 
 from mediarelay import __version__
-from mediarelay.api import files, native, webhooks
+from mediarelay.api import account, admin, admin_channels, files, native, webhooks
 from mediarelay.api.fastpath import FastStatus
 from mediarelay.api.limits import BodyLimit
 from mediarelay.api.routes import dialect_router
 from mediarelay.api.services import Services
 from mediarelay.config import Settings
 from mediarelay.dialects import DIALECTS
+from mediarelay.web import router as admin_ui
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> ASGIApp:
@@ -43,9 +44,15 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         api.include_router(dialect_router(dialect))
     api.include_router(files.router)
     api.include_router(webhooks.router)
+    api.include_router(admin_channels.router)  # relay channels: config, health, limits (admin keys)
+    api.include_router(admin.router)  # keys, balances, top-ups, ledgers, usage, prices (admin keys)
+    api.include_router(account.router)  # the caller's own balance, usage and ledger
+    api.include_router(admin_ui)  # the admin web UI at /admin (server-rendered pages)
 
     @api.get("/healthz", tags=["Operations"], summary="Liveness")
-    async def healthz() -> dict[str, str]:
+    async def healthz(response: Response) -> dict[str, str]:
+        # Tells clients (mediarelay.client) that they may long-poll and stream events here.
+        response.headers["x-mediarelay-version"] = __version__
         return {"status": "ok"}
 
     # Outermost first: status GETs are answered before any framework code runs.

@@ -50,7 +50,8 @@ class ErrorRenderer:
 
     def response(self, path: str, err: MediarelayError, headers: dict[str, str] | None = None) -> Response:
         status, body = self.body(path, err)
-        return Response(body, status_code=status, media_type="application/json", headers=headers)
+        headers = {**err.headers, **(headers or {})}
+        return Response(body, status_code=status, media_type="application/json", headers=headers or None)
 
     def install(self, app: FastAPI) -> None:
         async def on_mediarelay(request: Request, exc: Exception) -> Response:

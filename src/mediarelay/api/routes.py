@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.responses import FileResponse, Response
 
+from mediarelay.api.admission import IDEMPOTENCY_OPENAPI, REPLAYED, admit, file_digests
 from mediarelay.api.services import Services
 from mediarelay.api.webhooks import check_webhook_url
 from mediarelay.dialects.base import (
@@ -37,7 +38,12 @@ from mediarelay.domain import MediarelayError, Status, Task, TaskSpec, invalid, 
 from mediarelay.netguard import NetGuard
 from mediarelay.store.keys import ApiKey
 
-SANDBOX_HEADERS = {"x-sandbox-fail": "fail", "x-sandbox-duration": "duration", "x-sandbox-queue": "queue"}
+SANDBOX_HEADERS = {
+    "x-sandbox-fail": "fail",
+    "x-sandbox-duration": "duration",
+    "x-sandbox-queue": "queue",
+    "x-sandbox-output-seconds": "output_seconds",
+}
 Endpoint = Callable[..., Awaitable[Response]]
 
 
@@ -140,16 +146,23 @@ def dialect_router(dialect: Dialect) -> APIRouter:
     require_key = key_dependency(dialect)
 
     async def submit(request: Request, body: model, key: ApiKey = Depends(require_key)) -> Response:  # type: ignore[valid-type]
+        original, idem = await admit(services(request), request, key)  # rate limit, Idempotency-Key
+        if original is not None:
+            return json_response(dialect.accepted(original), headers=REPLAYED)
         spec = sandbox_controls(dialect.parse(body), request.headers)
         spec = webhook_controls(spec, request.headers, services(request).webhooks.guard)
-        task = await services(request).engine.submit(spec, key.id)
+        task = await services(request).engine.submit(spec, key.id, idempotency=idem)
         return json_response(dialect.accepted(task))
 
     if dialect.upload_fields:  # JSON or multipart/form-data with files
         add_upload_submit(router, dialect)
     else:
         router.add_api_route(
-            dialect.submit_path, submit, methods=["POST"], summary=f"Submit a {dialect.title} task"
+            dialect.submit_path,
+            submit,
+            methods=["POST"],
+            summary=f"Submit a {dialect.title} task",
+            openapi_extra=IDEMPOTENCY_OPENAPI,
         )
 
     async def status(
@@ -363,6 +376,9 @@ def add_upload_submit(router: APIRouter, dialect: Dialect) -> None:
             body = dialect.submit_model.model_validate(data)
         except ValidationError as exc:
             raise validation_error(exc) from None
+        original, idem = await admit(svc, request, key, data, await file_digests(files))
+        if original is not None:
+            return json_response(dialect.accepted(original), headers=REPLAYED)
         spec = webhook_controls(dialect.parse(body), request.headers, svc.webhooks.guard)
         stored: list[str] = []
         if files:
@@ -380,7 +396,7 @@ def add_upload_submit(router: APIRouter, dialect: Dialect) -> None:
             spec = dataclasses.replace(spec, params={**spec.params, "uploads": stored})
         spec = sandbox_controls(spec, request.headers)
         try:
-            task = await svc.engine.submit(spec, key.id)
+            task = await svc.engine.submit(spec, key.id, idempotency=idem)
         except BaseException:
             await asyncio.to_thread(remove_keys, svc, stored)
             raise
@@ -400,13 +416,14 @@ def add_upload_submit(router: APIRouter, dialect: Dialect) -> None:
         methods=["POST"],
         summary=f"Submit a {dialect.title} task",
         openapi_extra={
+            **IDEMPOTENCY_OPENAPI,
             "requestBody": {
                 "required": True,
                 "content": {
                     "application/json": {"schema": schema},
                     "multipart/form-data": {"schema": form_schema},
                 },
-            }
+            },
         },
     )
 
@@ -449,6 +466,7 @@ def add_resource_routes(router: APIRouter, dialect: Dialect) -> None:
             with_id_param(remix_endpoint(dialect, dialect.remix_route), dialect),
             methods=["POST"],
             summary=f"Remix a {dialect.title} task",
+            openapi_extra=IDEMPOTENCY_OPENAPI,
         )
 
 
@@ -544,9 +562,12 @@ def remix_endpoint(dialect: Dialect, route: RemixRoute) -> Endpoint:
     ) -> Response:
         svc = services(request)
         source = await owned_task(svc, dialect, public_id, key)
+        original, idem = await admit(svc, request, key)
+        if original is not None:
+            return json_response(dialect.accepted(original), headers=REPLAYED)
         spec = route.parse(body, source, RenderContext(url=svc.views.url))
         spec = webhook_controls(sandbox_controls(spec, request.headers), request.headers, svc.webhooks.guard)
-        task = await svc.engine.submit(spec, key.id)
+        task = await svc.engine.submit(spec, key.id, idempotency=idem)
         return json_response(dialect.accepted(task))
 
     return handler

@@ -12,14 +12,19 @@ from mediarelay.api.errors import ErrorRenderer
 from mediarelay.api.status import StatusService
 from mediarelay.api.views import ViewCache
 from mediarelay.api.webhooks import Webhooks
+from mediarelay.billing.service import Billing
+from mediarelay.channels.base import ChannelDeps
+from mediarelay.channels.manager import ChannelManager
 from mediarelay.channels.registry import ChannelSet
 from mediarelay.channels.sandbox import SANDBOX_VOICES
-from mediarelay.config import Settings
+from mediarelay.config import ChannelSettings, Settings, config_path
 from mediarelay.dialects import DIALECTS
 from mediarelay.engine.inprocess import InProcessDriver
 from mediarelay.engine.lifecycle import Engine
+from mediarelay.netguard import NetGuard
 from mediarelay.storage.local import LocalStorage
 from mediarelay.store import database
+from mediarelay.store.channels import ChannelRepo
 from mediarelay.store.database import Database
 from mediarelay.store.keys import KeyRepo
 from mediarelay.store.tasks import TaskRepo
@@ -41,6 +46,31 @@ class ChannelCatalog:
         return [v for v in found if language is None or v["language"] == language]
 
 
+def build_channels(settings: Settings, db: Database) -> tuple[ChannelSet, ChannelManager]:
+    """The channels, with the one outbound fetcher (docs/channels.md), kept current by the manager."""
+    f = settings.fetch
+    guard = NetGuard(
+        allow_private=f.allow_private,
+        allowed_hosts=f.allowed_hosts,
+        timeout=f.timeout_seconds,
+        max_redirects=f.max_redirects,
+        user_agent="mediarelay",
+    )
+    channels = ChannelSet(
+        [], ChannelDeps(guard=guard, max_result_bytes=f.max_bytes, fetch_timeout=f.timeout_seconds)
+    )
+    manager = ChannelManager(
+        channels,
+        ChannelRepo(db),
+        file_configs=settings.channel_configs(),
+        load_file=lambda: Settings().channel_configs(),
+        parse=lambda data: ChannelSettings.model_validate(data).to_config(),
+        path=config_path(),
+    )
+    manager.rebuild()
+    return channels, manager
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -57,17 +87,34 @@ class Services:
     status: StatusService
     catalog: ChannelCatalog
     webhooks: Webhooks
+    billing: Billing
+    channel_manager: ChannelManager
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         database.upgrade(settings.db_url)
         db = Database(settings.db_url)
-        tasks = TaskRepo(db)
+        b = settings.billing
+        billing = Billing(
+            db,
+            settings.prices,
+            b.default_price,
+            default_seconds=b.default_seconds,
+            idempotency_hours=b.idempotency_hours,
+            currency=b.currency,
+        )
+        tasks = TaskRepo(db, hooks=billing)  # every task change moves its money in its transaction
         keys = KeyRepo(db)
         storage = LocalStorage(settings.files_dir)
-        channels = ChannelSet(settings.channel_configs())
-        engine = Engine(tasks, channels, storage, finalize_concurrency=settings.finalize_concurrency)
+        channels, channel_manager = build_channels(settings, db)
+        engine = Engine(
+            tasks,
+            channels,
+            storage,
+            finalize_concurrency=settings.finalize_concurrency,
+            claims=channel_manager.repo,
+        )
         views = ViewCache({d.name: d for d in DIALECTS}, tasks, settings.base_url)
         engine.listeners.append(views.refresh)
         auth = Authenticator(keys)
@@ -89,6 +136,8 @@ class Services:
             status=StatusService(auth, views, errors),
             catalog=ChannelCatalog(channels),
             webhooks=webhooks,
+            billing=billing,
+            channel_manager=channel_manager,
         )
 
     def ensure_admin_key(self) -> str | None:
@@ -105,9 +154,15 @@ class Services:
         self.driver = InProcessDriver(self.engine, concurrency=self.settings.workers)
         self.driver.start()
         self.webhooks.start()
+        self.billing.start()
+        self.channel_manager.start()
 
     async def stop(self) -> None:
         if self.driver is not None:
             await self.driver.stop()
         await self.webhooks.stop()
+        await self.billing.stop()
+        await self.channel_manager.stop()
+        if self.channels.deps.guard is not None:
+            await self.channels.deps.guard.aclose()
         await asyncio.to_thread(self.db.dispose)

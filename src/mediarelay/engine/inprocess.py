@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from mediarelay.domain import now_ms
 from mediarelay.engine.lifecycle import Engine
@@ -32,6 +33,11 @@ class InProcessDriver:
         self._wake.set()
 
     def start(self) -> None:
+        # Every store call runs in the loop's default thread pool, whose default size (cores + 4) is far
+        # too small when many steps wait on the database (and on SQLite's one writer) at once.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=16, thread_name_prefix="mediarelay-io")
+        )
         self._runner = asyncio.create_task(self._loop(), name="mediarelay-driver")
 
     async def stop(self) -> None:

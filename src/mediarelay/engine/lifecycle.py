@@ -2,8 +2,9 @@
 
 Each step reads the task, does its outside work, then writes the result as a compare-and-set on the
 version it read. A step may be run again after a crash (the driver re-runs whatever is due), so every
-outside effect is idempotent: channels submit with the task id as idempotency key, files are written
-under deterministic keys, and only the final CAS makes a result visible.
+outside effect is idempotent: a submit is recorded as attempted before it is sent and never blindly
+repeated (`engine/dispatch.py`), files are written under deterministic keys, and only the final CAS makes
+a result visible.
 """
 
 from __future__ import annotations
@@ -18,13 +19,24 @@ from mediarelay import media
 from mediarelay.channels.base import Channel, Output, PollResult
 from mediarelay.channels.registry import ChannelSet
 from mediarelay.domain import Status, Task, TaskError, TaskSpec, now_ms
-from mediarelay.engine.cadence import next_poll_delay, retry_backoff
+from mediarelay.engine.cadence import FAST, next_poll_delay, retry_backoff
+from mediarelay.engine.dispatch import Dispatcher
 from mediarelay.storage.local import LocalStorage
-from mediarelay.store.tasks import NewAsset, TaskRepo
+from mediarelay.store.channels import ChannelRepo
+from mediarelay.store.tasks import Idempotency, NewAsset, TaskRepo
 
 log = logging.getLogger("mediarelay.engine")
 
-MAX_DISPATCH_ATTEMPTS = 8
+MAX_FETCH_ATTEMPTS = 4  # downloads of a finished task's results before it fails
+PROGRESS_STEP = 10  # progress points that are worth a new version of the task
+PROGRESS_EVERY_MS = 5000  # …or any progress after this long
+MAIN_ROLES = ("video", "image")
+# The previews every dialect may publish, derived here unless the upstream provides them (mediarelay):
+# (role, extension) per kind of result.
+PREVIEWS: dict[str, tuple[tuple[str, str], ...]] = {
+    "video": (("poster", "jpg"), ("thumbnail", "webp"), ("spritesheet", "jpg")),
+    "image": (("thumbnail", "jpg"),),
+}
 # A video's sprite sheet: 4 x 4 frames at evenly spaced times, 240 px wide tiles (JPEG), for scrubbers.
 SPRITESHEET = {"columns": 4, "rows": 4, "tile_width": 240}
 Listener = Callable[[Task], Awaitable[object]]
@@ -38,10 +50,14 @@ class Engine:
         storage: LocalStorage,
         *,
         finalize_concurrency: int = 2,
+        claims: ChannelRepo | None = None,
     ) -> None:
         self.repo = repo
         self.channels = channels
         self.storage = storage
+        self.claims = claims or ChannelRepo(repo.db)
+        self.dispatcher = Dispatcher(self)
+        self._background: set[asyncio.Task[None]] = set()  # upstream cancels under way
         self.listeners: list[Listener] = []
         self.wakers: list[Callable[[], None]] = []
         self._finalize_slots = asyncio.Semaphore(finalize_concurrency)
@@ -78,9 +94,12 @@ class Engine:
 
     # -- client-facing ------------------------------------------------------------------------
 
-    async def submit(self, spec: TaskSpec, key_id: str) -> Task:
-        """Store the task durably, then let the driver take it; returns the stored task."""
-        task = await asyncio.to_thread(self.repo.create, spec, key_id)
+    async def submit(self, spec: TaskSpec, key_id: str, *, idempotency: Idempotency | None = None) -> Task:
+        """Store the task durably (and charge it, in the same transaction), then let the driver take it;
+        returns the stored task, or the original one for a repeated `Idempotency-Key`."""
+        task, created = await asyncio.to_thread(self.repo.create_once, spec, key_id, idempotency)
+        if not created:
+            return task
         await self._emit(task)
         for child in await asyncio.to_thread(self.repo.children, task.id):
             await self._emit(child)
@@ -115,10 +134,16 @@ class Engine:
                 await self.cancel(child)
         channel = self.channels.get(task.channel) if task.channel else None
         if channel is not None and task.upstream_id is not None:
-            try:
-                await channel.cancel(task)
-            except Exception:
-                log.warning("upstream cancel failed for %s", task.id, exc_info=True)
+            # In the background: the client's cancel must not wait for a slow upstream.
+            job = asyncio.create_task(self._cancel_upstream(channel, task))
+            self._background.add(job)
+            job.add_done_callback(self._background.discard)
+
+    async def _cancel_upstream(self, channel: Channel, task: Task) -> None:
+        try:
+            await channel.cancel(task)
+        except Exception:
+            log.warning("upstream cancel failed for %s", task.id, exc_info=True)
 
     # -- the step the driver runs -------------------------------------------------------------
 
@@ -167,43 +192,7 @@ class Engine:
         )
 
     async def _dispatch(self, task: Task) -> None:
-        candidates = self.channels.candidates(task.model, task.operation)
-        if not candidates:
-            await self._fail(
-                task, "no_channel", f"no channel serves model {task.model!r} ({task.operation.value})"
-            )
-            return
-        # Fail over: each retry starts one channel further along the list.
-        start = task.attempt % len(candidates)
-        last: TaskError | None = None
-        for channel in candidates[start:] + candidates[:start]:
-            try:
-                submitted = await channel.submit(task)
-            except TaskError as exc:
-                if not exc.retryable:
-                    await self._fail(task, exc.code, exc.message)
-                    return
-                last = exc
-                continue
-            now = now_ms()
-            await self._write(
-                task,
-                channel=channel.config.name,
-                upstream_id=submitted.upstream_id,
-                status=submitted.status,
-                started_at=now,
-                upstream={"payload": submitted.raw} if submitted.raw else None,
-                next_run_at=now + 200,
-                event_detail=f"dispatched to {channel.config.name}",
-            )
-            return
-        if task.attempt + 1 >= MAX_DISPATCH_ATTEMPTS:
-            await self._fail(
-                task, last.code if last else "unavailable", last.message if last else "no channel took it"
-            )
-            return
-        delay = last.retry_after if last and last.retry_after else retry_backoff(task.attempt)
-        await self._write(task, attempt=task.attempt + 1, next_run_at=now_ms() + int(delay * 1000))
+        await self.dispatcher.dispatch(task)
 
     def _channel(self, task: Task) -> Channel:
         channel = self.channels.get(task.channel or "")
@@ -217,15 +206,19 @@ class Engine:
         except TaskError as exc:
             await self._fail(task, exc.code, exc.message)
             return
+        health = self.channels.health_of(channel.config.name)
         try:
             result = await channel.poll(task)
         except TaskError as exc:
             if not exc.retryable:
                 await self._fail(task, exc.code, exc.message)
                 return
-            result = PollResult(status=None, retry_after=exc.retry_after)
+            # Keep waiting; while the upstream keeps failing, wait longer (1, 2, 4 … 30 s).
+            result = PollResult(
+                status=None, retry_after=max(exc.retry_after or 0.0, health.poll_backoff()) or None
+            )
         now = now_ms()
-        if result.status is Status.FAILED:
+        if result.status in (Status.FAILED, Status.CANCELED):
             await self._fail(
                 task,
                 result.error_code or "upstream_failed",
@@ -234,35 +227,60 @@ class Engine:
             )
             return
         if result.status is Status.SUCCEEDED:
+            health.durations.add((now - (task.started_at or task.created_at)) / 1000)
             await self._write(
                 task,
                 status=Status.FINALIZING,
                 progress=99,
-                upstream={"payload": result.raw, "outputs": [o.to_json() for o in result.outputs]},
+                upstream={
+                    **(task.upstream or {}),
+                    "payload": result.raw,
+                    "outputs": [o.to_json() for o in result.outputs],
+                },
                 next_run_at=now,
             )
             return
-        next_at = now + int(next_poll_delay(task, result, now) * 1000)
+        fast = float(channel.config.options.get("poll_fast_seconds", FAST))
+        delay = next_poll_delay(task, result, now, durations=health.durations, fast=fast)
+        next_at = now + int(delay * 1000)
         if (deadline := self._deadline_at(task)) is not None:
             next_at = min(next_at, deadline + 1)  # a stuck task fails on time, not a poll interval late
         # Unknown status: keep waiting with what we have. Known: record status/progress if they moved.
         status = result.status or task.status
+        if status is Status.QUEUED and task.status is Status.RUNNING:
+            status = Status.RUNNING  # never back to queued once started (some upstreams flicker)
         progress = max(task.progress, min(99, result.progress if result.progress is not None else 0))
-        if status != task.status or progress != task.progress:
+        # [MR] progress is published in steps (every PROGRESS_STEP points, or after PROGRESS_EVERY_MS):
+        # each publication is a write, a re-render and a wake-up of every waiting client.
+        moved = progress - task.progress
+        if (
+            status != task.status
+            or moved >= PROGRESS_STEP
+            or (moved > 0 and now - task.updated_at >= PROGRESS_EVERY_MS)
+        ):
             await self._write(task, status=status, progress=progress, next_run_at=next_at)
         else:
             await asyncio.to_thread(self.repo.schedule, task, next_at)
 
     async def _finalize(self, task: Task) -> None:
-        channel = self._channel(task)
+        try:
+            channel = self._channel(task)
+        except TaskError as exc:
+            await self._fail(task, exc.code, exc.message)
+            return
         outputs = [Output.from_json(o) for o in (task.upstream or {}).get("outputs", [])]
         if not outputs:
             await self._fail(task, "no_output", "the upstream finished without a result")
             return
-        async with self._finalize_slots:
+        provided = {(o.role, o.index): o for o in outputs if o.role not in MAIN_ROLES}
+        try:
             stored: list[NewAsset] = []
             for output in outputs:
-                stored.extend(await self._store_output(task, channel, output))
+                if output.role in MAIN_ROLES:
+                    stored.extend(await self._store_output(task, channel, output, provided))
+        except TaskError as exc:
+            await self._fetch_failed(task, channel, exc)
+            return
         await self._write(
             task,
             new_assets=stored,
@@ -272,17 +290,113 @@ class Engine:
             next_run_at=None,
         )
 
-    async def _store_output(self, task: Task, channel: Channel, output: Output) -> list[NewAsset]:
-        """Fetch one output into storage and derive the previews the dialects publish (poster, thumbnail…)."""
+    async def _fetch_failed(self, task: Task, channel: Channel, exc: TaskError) -> None:
+        """A result could not be stored. Retried a few times with backoff; an expired URL (403/404/410)
+        makes the next try ask the upstream again, since many hand out fresh signed URLs on each query."""
+        failures = int((task.upstream or {}).get("fetch_failures", 0)) + 1
+        if not exc.retryable or failures >= MAX_FETCH_ATTEMPTS:
+            tries = f" (after {failures} tries)" if exc.retryable else ""
+            await self._fail(task, exc.code, f"{exc.message}{tries}")
+            return
+        upstream = {**(task.upstream or {}), "fetch_failures": failures, "fetch_error": exc.message[:500]}
+        if exc.code in ("result_expired", "result_empty", "bad_output"):
+            try:
+                fresh = await channel.poll(task)
+            except TaskError:
+                fresh = PollResult(status=None)
+            if fresh.status is Status.SUCCEEDED and fresh.outputs:
+                upstream["outputs"] = [o.to_json() for o in fresh.outputs]
+        delay = retry_backoff(failures, base=1.0, cap=60.0)
+        await self._write(task, upstream=upstream, next_run_at=now_ms() + int(delay * 1000))
+
+    async def _store_output(
+        self, task: Task, channel: Channel, output: Output, provided: dict[tuple[str, int], Output]
+    ) -> list[NewAsset]:
+        """Fetch one output into storage and derive the previews the dialects publish (poster, thumbnail…).
+
+        What the file is comes from its bytes (not the upstream's name or Content-Type): its extension,
+        role (video or image) and MIME type follow the content; anything else is refused. A download
+        waits for nothing; the CPU-bound part (making the sandbox's media, probing, previews) takes one
+        of the `finalize_concurrency` slots."""
         staging = self.storage.new_staging_path(f".{output.ext}")
         try:
-            await channel.fetch_output(task, output, staging)
+            if getattr(channel, "generates_outputs", False):
+                async with self._finalize_slots:
+                    await channel.fetch_output(task, output, staging)
+            else:
+                await channel.fetch_output(task, output, staging)
+        except BaseException:
+            staging.unlink(missing_ok=True)
+            raise
+        async with self._finalize_slots:
+            main = await self._process_output(task, output, staging)
+        previews = []
+        for role, ext in PREVIEWS[main.role]:
+            copy = provided.get((role, main.index))
+            found = await self._copy_preview(task, channel, copy, ext) if copy is not None else None
+            if found is None:
+                async with self._finalize_slots:
+                    found = await self._derive_preview(task, main, role, ext)
+            previews.append(found)
+        return [main, *previews]
+
+    async def _copy_preview(self, task: Task, channel: Channel, output: Output, ext: str) -> NewAsset | None:
+        """A preview the upstream made (another mediarelay publishes them with checksums): stored as it
+        is when it is the expected kind of image, else None (derived here instead)."""
+        staging = self.storage.new_staging_path(f".{ext}")
+        try:
+            try:
+                await channel.fetch_output(task, output, staging)
+            except TaskError:
+                return None
+            with staging.open("rb") as fh:
+                if media.sniff(fh.read(64)) != ("image", ext):
+                    return None
             info = await asyncio.to_thread(media.probe, staging)
+            key = f"{task.id}/{output.role}-{output.index}.{ext}"
+            size, sha = await asyncio.to_thread(self.storage.put, key, staging)
+        except ValueError:
+            return None
+        finally:
+            staging.unlink(missing_ok=True)
+        return NewAsset(
+            role=output.role,
+            key=key,
+            mime=media.MIME[ext],
+            bytes=size,
+            sha256=sha,
+            width=info.width,
+            height=info.height,
+            index=output.index,
+        )
+
+    async def _process_output(self, task: Task, output: Output, staging: Path) -> NewAsset:
+        try:
+            with staging.open("rb") as fh:
+                sniffed = media.sniff(fh.read(64))
+            if sniffed is None:
+                raise TaskError(
+                    "bad_output",
+                    f"result {output.url or output.index}: not an image or a video",
+                    retryable=True,
+                )
+            kind, ext = sniffed
+            output = Output(
+                role=kind, mime=output.mime, ext=ext, index=output.index, url=output.url, spec=output.spec
+            )
+            try:
+                info = await asyncio.to_thread(media.probe, staging)
+            except ValueError as exc:
+                raise TaskError(
+                    "bad_output",
+                    f"result {output.url or output.index}: unreadable {ext} ({exc})",
+                    retryable=True,
+                ) from None
             key = f"{task.id}/{output.role}-{output.index}.{output.ext}"
             size, sha = await asyncio.to_thread(self.storage.put, key, staging)
         finally:
             staging.unlink(missing_ok=True)
-        main = NewAsset(
+        return NewAsset(
             role=output.role,
             key=key,
             mime=info.mime,
@@ -293,38 +407,20 @@ class Engine:
             duration=info.duration,
             index=output.index,
         )
-        source = self.storage.path(key)
-        if output.role == "video":
-            derived = [
-                await self._derive(
-                    task, "poster", output.index, "jpg", lambda d: media.make_poster(source, d, fmt="JPEG")
-                ),
-                await self._derive(
-                    task,
-                    "thumbnail",
-                    output.index,
-                    "webp",
-                    lambda d: media.make_poster(source, d, fmt="WEBP", max_side=480),
-                ),
-                await self._derive(
-                    task,
-                    "spritesheet",
-                    output.index,
-                    "jpg",
-                    lambda d: media.make_spritesheet(source, d, **SPRITESHEET),
-                ),
-            ]
+
+    async def _derive_preview(self, task: Task, main: NewAsset, role: str, ext: str) -> NewAsset:
+        """A poster (JPEG frame), thumbnail (WebP frame, or a JPEG of an image) or sprite sheet."""
+        source = self.storage.path(main.key)
+        make: Callable[[Path], Awaitable[tuple[int, int]]]
+        if main.role == "image":
+            make = lambda d: media.make_thumbnail(source, d, fmt="JPEG")  # noqa: E731
+        elif role == "poster":
+            make = lambda d: media.make_poster(source, d, fmt="JPEG")  # noqa: E731
+        elif role == "thumbnail":
+            make = lambda d: media.make_poster(source, d, fmt="WEBP", max_side=480)  # noqa: E731
         else:
-            derived = [
-                await self._derive(
-                    task,
-                    "thumbnail",
-                    output.index,
-                    "jpg",
-                    lambda d: media.make_thumbnail(source, d, fmt="JPEG"),
-                )
-            ]
-        return [main, *derived]
+            make = lambda d: media.make_spritesheet(source, d, **SPRITESHEET)  # noqa: E731
+        return await self._derive(task, role, main.index, ext, make)
 
     async def _derive(
         self, task: Task, role: str, index: int, ext: str, make: Callable[[Path], Awaitable[tuple[int, int]]]

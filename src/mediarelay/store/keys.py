@@ -14,6 +14,7 @@ from sqlalchemy import Row, insert, or_, select, update
 from ulid import ULID
 
 from mediarelay.domain import now_ms
+from mediarelay.store import ledger
 from mediarelay.store.database import Database
 from mediarelay.store.schema import api_keys
 from mediarelay.store.webhooks import new_secret
@@ -56,9 +57,16 @@ class KeyRepo:
         self.db = db
 
     def create(
-        self, name: str = "", *, is_admin: bool = False, webhook_url: str | None = None
+        self,
+        name: str = "",
+        *,
+        is_admin: bool = False,
+        webhook_url: str | None = None,
+        limits: ledger.Limits | None = None,
+        balance: int = 0,
     ) -> tuple[ApiKey, str]:
-        """Create a key; returns it with its secret, which is never stored."""
+        """Create a key with its account (default: unlimited credit, no limits; docs/billing.md) and an
+        opening top-up of `balance`; returns it with its secret, which is never stored."""
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         key = ApiKey(
             id=str(ULID()).lower(),
@@ -81,11 +89,22 @@ class KeyRepo:
                     webhook_secret=new_secret(),  # every key can sign its webhooks
                 )
             )
+            ledger.open_account(conn, key.id, limits or ledger.Limits(), key.created_at)
+            if balance:
+                ledger.move(conn, key.id, balance, ledger.TOPUP, key.created_at, note="opening balance")
         return key, secret
 
     def by_secret(self, secret: str) -> ApiKey | None:
         with self.db.read() as conn:
             row = conn.execute(select(api_keys).where(api_keys.c.key_hash == hash_key(secret))).first()
+        return _from_row(row) if row else None
+
+    def get(self, ident: str) -> ApiKey | None:
+        """A key by id or by its printed prefix."""
+        with self.db.read() as conn:
+            row = conn.execute(
+                select(api_keys).where(or_(api_keys.c.id == ident, api_keys.c.prefix == ident))
+            ).first()
         return _from_row(row) if row else None
 
     def list(self) -> list[ApiKey]:
@@ -99,6 +118,10 @@ class KeyRepo:
                 select(api_keys.c.id).where(api_keys.c.is_admin.is_(True), api_keys.c.revoked_at.is_(None))
             ).first()
         return row is not None
+
+    def rename(self, key_id: str, name: str) -> None:
+        with self.db.write() as conn:
+            conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(name=name))
 
     def revoke(self, ident: str) -> bool:
         """Revoke by id or by the printed prefix; returns whether a live key was revoked."""

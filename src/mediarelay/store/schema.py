@@ -159,3 +159,119 @@ webhook_attempts = Table(
     Column("error", Text, nullable=True),
     Column("response", Text, nullable=True),  # the first bytes of the receiver's answer
 )
+
+# -- billing (docs/billing.md): money is integer micro-units of the operator's currency ----------------
+
+# One row per key: its balance, its total net spend (`used`) and its limits. `credit_limit` NULL means
+# unlimited credit (postpaid: the balance may go below zero without bound); N means it may go down to -N.
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("key_id", String(32), ForeignKey("api_keys.id"), primary_key=True),
+    Column("balance", BigInteger, nullable=False, default=0),
+    Column("used", BigInteger, nullable=False, default=0),
+    Column("credit_limit", BigInteger, nullable=True),
+    Column("daily_cap", BigInteger, nullable=True),
+    Column("max_concurrent", Integer, nullable=True),
+    Column("rpm", Integer, nullable=True),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+HAS_TASK = "task_id IS NOT NULL"
+HAS_REFERENCE = "reference IS NOT NULL"
+
+# Append-only: every movement of a balance, with the balance right after it. No foreign key to tasks:
+# the ledger outlives a deleted task. One charge, refund or settle per task; one entry per reference
+# (a top-up's Idempotency-Key) and key.
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("id", SeqType, primary_key=True, autoincrement=True),
+    Column("key_id", String(32), ForeignKey("api_keys.id"), nullable=False),
+    Column("task_id", String(26), nullable=True),
+    Column("kind", String(16), nullable=False),  # topup | charge | refund | settle | adjust
+    Column("amount", BigInteger, nullable=False),  # signed: what it added to the balance
+    Column("balance_after", BigInteger, nullable=False),
+    Column("reference", String(255), nullable=True),
+    Column("note", Text, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Index(
+        "uq_ledger_task_kind",
+        "task_id",
+        "kind",
+        unique=True,
+        sqlite_where=text(HAS_TASK),
+        postgresql_where=text(HAS_TASK),
+    ),
+    Index(
+        "uq_ledger_key_reference",
+        "key_id",
+        "reference",
+        unique=True,
+        sqlite_where=text(HAS_REFERENCE),
+        postgresql_where=text(HAS_REFERENCE),
+    ),
+    Index("ix_ledger_key_id", "key_id", "id"),
+)
+
+# The billing state of each task that does work (a fan-out parent has none: its children do): the price
+# snapshot taken at submit, the pre-deducted estimate, the current net charge, and open | settled |
+# refunded. Open rows are the key's active tasks. No foreign key to tasks (deleted tasks keep theirs).
+task_charges = Table(
+    "task_charges",
+    metadata,
+    Column("task_id", String(26), primary_key=True),
+    Column("public_id", String(128), nullable=False),
+    Column("key_id", String(32), nullable=False),
+    Column("dialect", String(32), nullable=False),
+    Column("model", String(100), nullable=False),
+    Column("operation", String(32), nullable=False),
+    Column("channel", String(100), nullable=True),
+    Column("price", JsonType, nullable=False),
+    Column("estimate", BigInteger, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("finished_at", BigInteger, nullable=True),
+    Index("ix_task_charges_key_state", "key_id", "state"),
+    Index("ix_task_charges_key_created", "key_id", "created_at"),
+)
+
+# `Idempotency-Key` of a submit: the same key and body within the retention window is the same task.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("idem_key", String(255), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("task_id", String(26), nullable=False),
+    Column("created_at", BigInteger, nullable=False, index=True),
+)
+
+# The price table set through the admin API (one row, id 1); without it, mediarelay.toml's applies.
+billing_prices = Table(
+    "billing_prices",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("rules", JsonType, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# -- relay channels (docs/channels.md) -----------------------------------------------------------------
+
+# Channels defined or overridden through the admin API: the whole channel definition as JSON (the keys
+# of a `[[channels]]` table). A row named like a channel of mediarelay.toml replaces that definition.
+channels = Table(
+    "channels",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("config", JsonType, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+BUSY = "status IN ('queued', 'running')"
+
+# Tasks a channel's upstream is working on, counted at every dispatch for the deployment-wide
+# concurrency limit.
+Index("ix_tasks_channel_busy", tasks.c.channel, sqlite_where=text(BUSY), postgresql_where=text(BUSY))

@@ -5,13 +5,15 @@ its event row, so a process dying between two lines never loses or repeats a ste
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Row, and_, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from ulid import ULID
 
-from mediarelay.domain import Asset, Operation, Status, Task, TaskSpec, now_ms
+from mediarelay.domain import Asset, ErrorKind, MediarelayError, Operation, Status, Task, TaskSpec, now_ms
+from mediarelay.store import ledger
 from mediarelay.store.database import Database
 from mediarelay.store.schema import assets, metadata, task_events, tasks
 from mediarelay.store.webhooks import enqueue_status_event
@@ -49,6 +51,33 @@ class NewAsset:
     height: int | None = None
     duration: float | None = None
     index: int = 0
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """A submit's `Idempotency-Key`: the same key and request `fingerprint` within `ttl_ms` = one task."""
+
+    key: str
+    fingerprint: str
+    ttl_ms: int = 24 * 3600 * 1000
+
+
+class TaskHooks(Protocol):
+    """Side effects written in the transaction of a task change (billing, see mediarelay.billing).
+
+    Raising from `created` rolls the whole submit back: nothing is stored."""
+
+    def created(self, conn: Connection, key_id: str, units: Sequence[tuple[str, TaskSpec]], now: int) -> None:
+        """Before the rows of a submit are inserted; `units` are the (task id, spec) that do work (the
+        task itself, or a fan-out's children)."""
+
+    def finished(
+        self, conn: Connection, task: Task, status: Status, assets: Sequence[Asset | NewAsset], now: int
+    ) -> None:
+        """A task just became terminal; `task` is the row as it was before, `assets` all of its files."""
+
+    def deleted(self, conn: Connection, tasks: Sequence[Task], now: int) -> None:
+        """Tasks are about to be removed."""
 
 
 def new_task_id() -> str:
@@ -103,20 +132,72 @@ def _asset(row: Row[Any]) -> Asset:
 
 
 class TaskRepo:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, hooks: TaskHooks | None = None) -> None:
         self.db = db
+        self.hooks = hooks
 
     # -- creation -----------------------------------------------------------------------------
 
-    def create(self, spec: TaskSpec, key_id: str) -> Task:
+    def create(self, spec: TaskSpec, key_id: str, *, idempotency: Idempotency | None = None) -> Task:
         """Insert a task (and its children, for fan-out submissions) in one transaction."""
+        return self.create_once(spec, key_id, idempotency)[0]
+
+    def create_once(
+        self, spec: TaskSpec, key_id: str, idempotency: Idempotency | None = None
+    ) -> tuple[Task, bool]:
+        """Like `create`; with an `Idempotency-Key` already used for the same request, the original task
+        instead (and False: nothing new was stored or charged). The key is stored with the insert."""
+        try:
+            return self._create(spec, key_id, idempotency)
+        except IntegrityError:
+            # Two submits with one key raced (PostgreSQL): the loser finds the winner's task.
+            found = self.replay(key_id, idempotency) if idempotency else None
+            if found is None:
+                raise
+            return found, False
+
+    def replay(self, key_id: str, idempotency: Idempotency) -> Task | None:
+        """The task an `Idempotency-Key` already made, or None; a different request under the same key
+        is a conflict."""
+        with self.db.write() as conn:
+            return self._replay(conn, key_id, idempotency, now_ms())
+
+    def _replay(self, conn: Connection, key_id: str, idem: Idempotency, now: int) -> Task | None:
+        found = ledger.find_idempotent(conn, key_id, idem.key, now - idem.ttl_ms)
+        if found is None:
+            return None
+        fingerprint, task_id = found
+        if fingerprint != idem.fingerprint:
+            raise MediarelayError(
+                ErrorKind.CONFLICT,
+                "this Idempotency-Key was already used with a different request",
+                param="Idempotency-Key",
+            )
+        task = self._load(conn, [task_id])
+        if not task:
+            raise MediarelayError(
+                ErrorKind.CONFLICT,
+                "this Idempotency-Key was used for a task that has since been deleted",
+                param="Idempotency-Key",
+            )
+        return task[0]
+
+    def _create(self, spec: TaskSpec, key_id: str, idem: Idempotency | None) -> tuple[Task, bool]:
         now = now_ms()
         parent_id = new_task_id()
         with self.db.write() as conn:
+            if idem is not None:
+                if (original := self._replay(conn, key_id, idem, now)) is not None:
+                    return original, False
+                # Claimed first: a concurrent twin waits on this row, then finds the task (no charge).
+                ledger.remember_idempotent(conn, key_id, idem.key, idem.fingerprint, parent_id, now)
+            children = [(new_task_id(), child) for child in spec.children]
+            if self.hooks is not None:
+                self.hooks.created(conn, key_id, children or [(parent_id, spec)], now)
             self._insert(conn, parent_id, spec, key_id, None, now, runnable=not spec.children)
-            for child in spec.children:
-                self._insert(conn, new_task_id(), child, key_id, parent_id, now, runnable=True)
-            return self._load(conn, [parent_id])[0]
+            for child_id, child in children:
+                self._insert(conn, child_id, child, key_id, parent_id, now, runnable=True)
+            return self._load(conn, [parent_id])[0], True
 
     def _insert(
         self,
@@ -306,6 +387,10 @@ class TaskRepo:
                 )
                 # The webhook outbox row commits (or not) with the change it reports.
                 enqueue_status_event(conn, task, status, task.version + 1, now)
+                if self.hooks is not None and Status(status).terminal:
+                    # Money moves with the change that causes it: refund, or settle on success.
+                    before = replace(task, channel=values.get("channel", task.channel))
+                    self.hooks.finished(conn, before, Status(status), [*task.assets, *new_assets], now)
             for a in new_assets:
                 conn.execute(
                     insert(assets).values(
@@ -349,6 +434,8 @@ class TaskRepo:
                 r[0] for r in conn.execute(select(tasks.c.id).where(tasks.c.parent_id == task.id)).all()
             ]
             removed = self._load(conn, ids)
+            if self.hooks is not None:
+                self.hooks.deleted(conn, removed, now_ms())
             conn.execute(delete(task_events).where(task_events.c.task_id.in_(ids)))
             for table in reversed(metadata.sorted_tables):
                 for fk in table.foreign_keys:
