@@ -18,9 +18,10 @@ import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
-from starlette.responses import FileResponse, Response
+from starlette.responses import Response
 
 from mediarelay.api.admission import IDEMPOTENCY_OPENAPI, REPLAYED, admit, file_digests
+from mediarelay.api.files import serve_stored
 from mediarelay.api.services import Services
 from mediarelay.api.webhooks import check_webhook_url
 from mediarelay.dialects.base import (
@@ -537,15 +538,15 @@ def content_endpoint(dialect: Dialect, route: ContentRoute) -> Endpoint:
         if task.status is not Status.SUCCEEDED:
             raise route.not_ready(task)
         asset = task.first_asset(role)
-        path = svc.storage.path(asset.key) if asset is not None else None
-        if asset is None or path is None or not path.is_file():
+        found = None
+        if asset is not None:
+            etag = f'"{asset.sha256[:32]}"'
+            headers = {"etag": etag, "cache-control": "private, max-age=86400", "accept-ranges": "bytes"}
+            # Always the bytes (never a redirect to a presigned URL), as the API this mimics answers.
+            found = await serve_stored(request, svc.storage, asset.key, asset.mime, headers, redirect=False)
+        if found is None:
             raise not_found(f"this task has no {variant}")
-        etag = f'"{asset.sha256[:32]}"'
-        headers = {"etag": etag, "cache-control": "private, max-age=86400", "accept-ranges": "bytes"}
-        if_none_match = request.headers.get("if-none-match")
-        if if_none_match and etag in (t.strip() for t in if_none_match.split(",")):
-            return Response(status_code=304, headers=headers)
-        return FileResponse(path, media_type=asset.mime, headers=headers, stat_result=path.stat())
+        return found
 
     return handler
 

@@ -8,6 +8,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+from mediarelay.storage.base import LocalFile
+
 CHUNK = 1 << 20
 
 
@@ -53,6 +55,14 @@ class LocalStorage:
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
+
+    def locate(self, key: str) -> LocalFile | None:
+        """The stored file to serve, or None (no such file, or not a storage key)."""
+        try:
+            target = self.path(key)
+            return LocalFile(target, target.stat()) if target.is_file() else None
+        except (ValueError, OSError):
+            return None
 
     def remove(self, key: str) -> None:
         """Delete one stored file (and its directory once empty); a missing file is not an error."""
