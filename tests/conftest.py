@@ -2,6 +2,10 @@
 
 `server` is one shared gateway for the session (fast sandbox timings); tests that need their own
 (kill -9, special settings) call `start_server(tmp_path, ...)`.
+
+`MEDIARELAY_TEST_DATABASE=postgresql` runs every server on its own throw-away PostgreSQL database (at
+MEDIARELAY_TEST_PG) instead of SQLite, which also switches them to the procrastinate job queue: CI runs
+the whole suite both ways.
 """
 
 from __future__ import annotations
@@ -24,12 +28,15 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from psycopg.types.string import TextLoader
 
 from mediarelay.store import database
 from mediarelay.store.database import Database
 
 BIN = Path(sys.executable).parent / "mediarelay"
 PG_ADMIN = os.environ.get("MEDIARELAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+SERVER_DB = os.environ.get("MEDIARELAY_TEST_DATABASE", "sqlite")
+_server_databases: list[str] = []
 
 FAST_SANDBOX = {
     "MEDIARELAY_SANDBOX__QUEUE_SECONDS": "0.3",
@@ -51,6 +58,7 @@ class Server:
     env: dict[str, str]
     admin_key: str = ""
     proc: subprocess.Popen[str] | None = None
+    args: tuple[str, ...] = ()  # more `serve` options, e.g. ("--no-worker",)
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -63,7 +71,7 @@ class Server:
     def start(self, timeout: float = 30) -> Server:
         log = self.log_path.open("a")
         self.proc = subprocess.Popen(
-            [str(BIN), "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)],
+            [str(BIN), "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.args],
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
@@ -121,10 +129,17 @@ class Server:
         assert out.returncode == 0, out.stderr
         return out.stdout.strip()
 
-    def rows(self, sql: str) -> list[tuple[Any, ...]]:
-        """Read the server's SQLite database directly (read-only), to check what was stored."""
+    def rows(self, sql: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
+        """Read the server's database directly, to check what was stored. `?` placeholders; JSON
+        columns come back as text on both backends."""
+        url = self.env.get("MEDIARELAY_DATABASE_URL")
+        if url:
+            with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+                for json_type in ("json", "jsonb"):
+                    conn.adapters.register_loader(json_type, TextLoader)
+                return conn.execute(sql.replace("?", "%s") if params else sql, params).fetchall()
         with sqlite3.connect(f"file:{self.data_dir / 'mediarelay.db'}?mode=ro", uri=True) as db:
-            return db.execute(sql).fetchall()
+            return db.execute(sql, params or ()).fetchall()
 
     def task_count(self) -> int:
         return int(self.rows("select count(*) from tasks")[0][0])
@@ -148,6 +163,8 @@ def start_server(tmp: Path, *, data_name: str = "data", port: int | None = None,
     data.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **FAST_SANDBOX, **env}
     full_env.pop("MEDIARELAY_CONFIG", None)
+    if SERVER_DB == "postgresql" and "MEDIARELAY_DATABASE_URL" not in env:
+        full_env["MEDIARELAY_DATABASE_URL"] = server_database()
     return Server(data_dir=data, port=port or free_port(), env=full_env).start()
 
 
@@ -188,6 +205,24 @@ def wait_until(
     raise AssertionError(f"not done after {timeout}s: {last!r}")
 
 
+def server_database() -> str:
+    """A new PostgreSQL database for one server (dropped when the session ends)."""
+    name = f"mr_srv_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    _server_databases.append(name)
+    return PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_server_databases() -> Iterator[None]:
+    yield
+    if _server_databases:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            for name in _server_databases:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def pg_available() -> bool:
     try:
         with psycopg.connect(PG_ADMIN, connect_timeout=2):
@@ -225,3 +260,42 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
             yield store
         finally:
             store.dispose()
+
+
+def assert_books_balance(server: Server, *, expect_refunds: bool = True) -> None:
+    """Every key's books from the database alone: balance = sum of its ledger, balance + used = money in,
+    one charge per task that does work, refunds only for failed/canceled tasks, settlements only for
+    succeeded ones, and each task's open/settled/refunded state matching its status."""
+    for key_id, balance, used, limit in server.rows(
+        "select key_id, balance, used, credit_limit from accounts"
+    ):
+        (total,) = server.rows(f"select coalesce(sum(amount), 0) from ledger where key_id='{key_id}'")[0]
+        (money_in,) = server.rows(
+            f"select coalesce(sum(amount), 0) from ledger where key_id='{key_id}' and kind in ('topup','adjust')"
+        )[0]
+        (spent,) = server.rows(f"select coalesce(sum(amount), 0) from task_charges where key_id='{key_id}'")[
+            0
+        ]
+        assert total == balance and balance + used == money_in and used == spent, key_id
+        assert limit is None or balance >= -limit
+    workers = {
+        t: s
+        for t, s in server.rows(
+            "select id, status from tasks where id not in (select parent_id from tasks where parent_id is not null)"
+        )
+    }
+    charged = dict(server.rows("select task_id, count(*) from ledger where kind='charge' group by task_id"))
+    assert charged == dict.fromkeys(workers, 1)  # every task that does work charged exactly once
+    state = {"succeeded": "settled", "failed": "refunded", "canceled": "refunded"}
+    charges = dict(server.rows("select task_id, state from task_charges"))
+    assert charges == {t: state[s] for t, s in workers.items()}
+    for kind, statuses in [("refund", {"failed", "canceled"}), ("settle", {"succeeded"})]:
+        for task_id, count in server.rows(
+            f"select task_id, count(*) from ledger where kind='{kind}' group by task_id"
+        ):
+            assert workers[task_id] in statuses and count == 1, (kind, task_id)
+    refunded = server.rows(
+        "select c.estimate, l.amount from task_charges c join ledger l on l.task_id=c.task_id and l.kind='refund'"
+    )
+    assert refunded or not expect_refunds
+    assert all(estimate == amount for estimate, amount in refunded)  # refunds return it all

@@ -40,8 +40,15 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8000].")] = None,
     data_dir: DataDir = None,
+    worker: Annotated[
+        bool,
+        typer.Option(
+            "--worker/--no-worker",
+            help="Also run background steps here (scaled out on PostgreSQL: --no-worker for API-only nodes).",
+        ),
+    ] = True,
 ) -> None:
-    """Run the gateway: API, status fast path and the in-process engine, on SQLite and local files."""
+    """Run the gateway: API, status fast path and the engine (embedded: SQLite and local files)."""
     import uvicorn
 
     from mediarelay.api.app import create_app
@@ -49,6 +56,10 @@ def serve(
 
     settings = load_settings(data_dir, host=host, port=port)
     services = Services.build(settings)
+    if not worker and not settings.uses_jobs:
+        err.print("[red]--no-worker needs the job queue (a PostgreSQL database_url); refusing.[/red]")
+        raise typer.Exit(2)
+    services.run_worker = worker
     secret = services.ensure_admin_key()
     if secret:
         err.print("[bold]Created the admin key. It is shown once; store it now:[/bold]")
@@ -64,6 +75,54 @@ def serve(
         timeout_graceful_shutdown=10,
     )
     uvicorn.Server(config).run()
+
+
+@app.command()
+def worker(
+    data_dir: DataDir = None,
+    concurrency: Annotated[int | None, typer.Option(help="Steps at once [default: workers setting].")] = None,
+) -> None:
+    """Run background steps (dispatch, poll, finalize, webhooks) as procrastinate jobs: scaled-out mode,
+    any number of these next to any number of `serve --no-worker` API nodes, all on one PostgreSQL."""
+    import asyncio
+    import signal
+
+    from mediarelay.api.services import Services
+
+    settings = load_settings(data_dir, workers=concurrency)
+    if not settings.uses_jobs:
+        err.print("[red]mediarelay worker needs PostgreSQL: set MEDIARELAY_DATABASE_URL.[/red]")
+        raise typer.Exit(2)
+    services = Services.build(settings)
+    services.run_api = False
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await services.start()
+        err.print(f"mediarelay worker running {settings.workers} steps at once")
+        try:
+            await stop.wait()
+        finally:
+            await services.stop()
+
+    asyncio.run(run())
+
+
+db_app = typer.Typer(help="The database: migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: DataDir = None) -> None:
+    """Bring the database to the newest schema (every node also does this when it starts)."""
+    from mediarelay.store import database
+
+    settings = load_settings(data_dir)
+    database.upgrade(settings.db_url)
+    err.print("database is up to date")
 
 
 def _key_repo(data_dir: Path | None) -> Any:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -171,6 +171,57 @@ class BillingSettings(BaseModel):
     idempotency_hours: float = Field(default=24.0, ge=24)  # how long an Idempotency-Key is remembered
 
 
+class S3Settings(BaseModel):
+    """An S3-compatible bucket for result files (docs/storage.md); used when `storage.backend = "s3"`."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)  # a secret pasted by mistake stays out of logs
+
+    bucket: str = ""
+    endpoint_url: str | None = None  # none: AWS S3 itself; else MinIO, Ceph RGW, R2, … (http(s) URL)
+    public_endpoint_url: str | None = None  # presigned URLs' host, when clients reach the store elsewhere
+    region: str | None = None  # none: boto3's default (AWS_REGION, the profile, us-east-1)
+    prefix: str = ""  # every key under this "directory" of the bucket
+    # "env:NAME" references; unset: boto3's own chain (AWS_ACCESS_KEY_ID…, profiles, instance roles)
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    url_mode: Literal["presigned", "proxy"] = "proxy"  # how /files/… answers: 302 to S3, or the bytes
+    presign_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    multipart_threshold_mb: int = Field(default=16, ge=5)  # larger uploads go in parts of this size
+
+    @field_validator("access_key_id", "secret_access_key")
+    @classmethod
+    def _env_ref(cls, value: str | None) -> str | None:
+        if value is not None and not ENV_REF.match(value):  # never echo it: it may be the secret
+            raise ValueError("must be an environment reference like 'env:S3_SECRET_KEY'")
+        return value
+
+    @field_validator("endpoint_url", "public_endpoint_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+
+class StorageSettings(BaseModel):
+    """Where result files live (docs/storage.md): the data directory, or an S3-compatible bucket."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    backend: Literal["local", "s3"] = "local"
+    s3: S3Settings = S3Settings()
+
+    @model_validator(mode="after")
+    def _bucket(self) -> StorageSettings:
+        if self.backend == "s3" and not self.s3.bucket:
+            raise ValueError("storage.s3.bucket is required with storage.backend = 's3'")
+        return self
+
+
 class Settings(BaseSettings):
     # hide_input_in_errors: a secret pasted where a reference belongs must not reach the logs.
     model_config = SettingsConfigDict(
@@ -184,13 +235,17 @@ class Settings(BaseSettings):
     public_base_url: str | None = None
     max_body_bytes: int = 10 * 1024 * 1024
     access_log: bool = True  # one log line per request; off for load tests and log-shipping setups
-    workers: int = 32  # concurrent engine steps in the in-process driver
+    workers: int = 32  # concurrent engine steps per node (in-process driver or job worker)
+    # Where background steps run: "inprocess" (the task table is the queue; one node), "procrastinate"
+    # (jobs on PostgreSQL; any number of API nodes and workers), "auto": procrastinate on PostgreSQL.
+    queue: Literal["auto", "inprocess", "procrastinate"] = "auto"
     finalize_concurrency: int = 2  # media work is CPU-bound: keep it below the core count
     sandbox: SandboxSettings = SandboxSettings()
     webhooks: WebhookSettings = WebhookSettings()
     channels: list[ChannelSettings] = []
     fetch: FetchSettings = FetchSettings()
     billing: BillingSettings = BillingSettings()
+    storage: StorageSettings = StorageSettings()
     prices: list[PriceRule] = []  # first match wins; the admin API may replace the table
 
     @classmethod
@@ -205,8 +260,20 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config_path()))
 
     @property
+    def uses_jobs(self) -> bool:
+        """Background steps as procrastinate jobs (scaled-out mode) rather than the in-process driver."""
+        if self.queue == "auto":
+            return self.db_url.startswith("postgresql")
+        return self.queue == "procrastinate"
+
+    @property
     def db_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.data_dir / 'mediarelay.db').resolve()}"
+        """The SQLAlchemy URL; a plain `postgresql://` (or `postgres://`) URL gets the psycopg 3 driver."""
+        url = self.database_url or f"sqlite:///{(self.data_dir / 'mediarelay.db').resolve()}"
+        for plain in ("postgresql://", "postgres://"):
+            if url.startswith(plain):
+                return "postgresql+psycopg://" + url.removeprefix(plain)
+        return url
 
     @property
     def files_dir(self) -> Path:

@@ -7,7 +7,6 @@ strictly against them, carry every documented field with the documented JSON typ
 from __future__ import annotations
 
 import re
-import sqlite3
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -161,10 +160,7 @@ def check_error(resp: httpx.Response, http: int, code: int) -> dict[str, Any]:
 
 
 def seq_of(server: Server, prompt_id: str) -> tuple[int, str | None, str]:
-    with sqlite3.connect(f"file:{server.data_dir / 'mediarelay.db'}?mode=ro", uri=True) as db:
-        seq, parent, tid = db.execute(
-            "select seq, parent_id, id from tasks where public_id = ?", (prompt_id,)
-        ).fetchone()
+    [(seq, parent, tid)] = server.rows("select seq, parent_id, id from tasks where public_id = ?", (prompt_id,))
     return int(seq), parent, str(tid)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import re
-import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -184,18 +183,11 @@ def status_is(*wanted: str) -> Callable[[dict[str, Any]], bool]:
     return lambda feed: feed["videos"][0]["status"] in wanted
 
 
-def db(server: Server) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{server.data_dir / 'mediarelay.db'}?mode=ro", uri=True)
-
-
 def row(server: Server, public_id: str) -> dict[str, Any]:
-    with db(server) as conn:
-        conn.row_factory = sqlite3.Row
-        found = conn.execute(
-            "select id, model, operation, params, status from tasks where public_id = ?", (public_id,)
-        ).fetchone()
-    assert found is not None
-    return dict(found)
+    columns = ("id", "model", "operation", "params", "status")
+    found = server.rows(f"select {', '.join(columns)} from tasks where public_id = ?", (public_id,))
+    assert len(found) == 1
+    return dict(zip(columns, found[0], strict=True))
 
 
 def download(client: httpx.Client, url: str, mime: str, tmp: Path, name: str) -> Path:

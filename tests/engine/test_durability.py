@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from conftest import Server, start_server, wait_until
+from conftest import assert_books_balance, start_server, wait_until
 from mediarelay.media import probe
 
 PIKA = {
@@ -122,44 +122,6 @@ LOSING: list[tuple[str, dict[str, Any], dict[str, str], Callable[[Any], str], Ca
         lambda i: f"/getTaskInfo?promptId={i}",
     ),
 ]
-
-
-def assert_books_balance(server: Server) -> None:
-    """Every key's books from the database alone: balance = sum of its ledger, balance + used = money in,
-    one charge per task that does work, refunds only for failed/canceled tasks, settlements only for
-    succeeded ones, and each task's open/settled/refunded state matching its status."""
-    for key_id, balance, used, limit in server.rows(
-        "select key_id, balance, used, credit_limit from accounts"
-    ):
-        (total,) = server.rows(f"select coalesce(sum(amount), 0) from ledger where key_id='{key_id}'")[0]
-        (money_in,) = server.rows(
-            f"select coalesce(sum(amount), 0) from ledger where key_id='{key_id}' and kind in ('topup','adjust')"
-        )[0]
-        (spent,) = server.rows(f"select coalesce(sum(amount), 0) from task_charges where key_id='{key_id}'")[
-            0
-        ]
-        assert total == balance and balance + used == money_in and used == spent, key_id
-        assert limit is None or balance >= -limit
-    workers = {
-        t: s
-        for t, s in server.rows(
-            "select id, status from tasks where id not in (select parent_id from tasks where parent_id is not null)"
-        )
-    }
-    charged = dict(server.rows("select task_id, count(*) from ledger where kind='charge' group by task_id"))
-    assert charged == dict.fromkeys(workers, 1)  # every task that does work charged exactly once
-    state = {"succeeded": "settled", "failed": "refunded", "canceled": "refunded"}
-    charges = dict(server.rows("select task_id, state from task_charges"))
-    assert charges == {t: state[s] for t, s in workers.items()}
-    for kind, statuses in [("refund", {"failed", "canceled"}), ("settle", {"succeeded"})]:
-        for task_id, count in server.rows(
-            f"select task_id, count(*) from ledger where kind='{kind}' group by task_id"
-        ):
-            assert workers[task_id] in statuses and count == 1, (kind, task_id)
-    refunded = server.rows(
-        "select c.estimate, l.amount from task_charges c join ledger l on l.task_id=c.task_id and l.kind='refund'"
-    )
-    assert refunded and all(estimate == amount for estimate, amount in refunded)  # refunds return it all
 
 
 def test_kill_9_mid_flight_then_restart_finishes_every_task_once(tmp_path: Path) -> None:

@@ -22,12 +22,14 @@ from mediarelay.dialects import DIALECTS
 from mediarelay.engine.inprocess import InProcessDriver
 from mediarelay.engine.lifecycle import Engine
 from mediarelay.netguard import NetGuard
-from mediarelay.storage.local import LocalStorage
+from mediarelay.storage.base import Storage
+from mediarelay.storage.factory import open_storage
 from mediarelay.store import database
+from mediarelay.store.changes import ChangeListener
 from mediarelay.store.channels import ChannelRepo
 from mediarelay.store.database import Database
 from mediarelay.store.keys import KeyRepo
-from mediarelay.store.tasks import TaskRepo
+from mediarelay.store.tasks import StepQueue, TaskRepo
 
 log = logging.getLogger("mediarelay")
 
@@ -57,7 +59,13 @@ def build_channels(settings: Settings, db: Database) -> tuple[ChannelSet, Channe
         user_agent="mediarelay",
     )
     channels = ChannelSet(
-        [], ChannelDeps(guard=guard, max_result_bytes=f.max_bytes, fetch_timeout=f.timeout_seconds)
+        [],
+        ChannelDeps(
+            guard=guard,
+            max_result_bytes=f.max_bytes,
+            fetch_timeout=f.timeout_seconds,
+            data_dir=settings.data_dir.resolve(),
+        ),
     )
     manager = ChannelManager(
         channels,
@@ -77,7 +85,7 @@ class Services:
     db: Database
     tasks: TaskRepo
     keys: KeyRepo
-    storage: LocalStorage
+    storage: Storage
     channels: ChannelSet
     engine: Engine
     driver: InProcessDriver | None
@@ -89,6 +97,11 @@ class Services:
     webhooks: Webhooks
     billing: Billing
     channel_manager: ChannelManager
+    jobs: StepQueue | None = None  # scaled-out mode: steps are procrastinate jobs (engine/jobs.py)
+    run_api: bool = True  # serve clients: keep the status cache current with other nodes' changes
+    run_worker: bool = True  # run background steps and webhook deliveries on this node
+    job_worker: Any = None  # engine.jobs.JobWorker while running
+    listener: ChangeListener | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -104,9 +117,15 @@ class Services:
             idempotency_hours=b.idempotency_hours,
             currency=b.currency,
         )
-        tasks = TaskRepo(db, hooks=billing)  # every task change moves its money in its transaction
+        jobs: StepQueue | None = None
+        if settings.uses_jobs:
+            from mediarelay.engine.jobs import StepJobs  # PostgreSQL only: the `postgres` extra
+
+            jobs = StepJobs()
+        # Every task change moves its money, and (scaled out) defers its next step, in its transaction.
+        tasks = TaskRepo(db, hooks=billing, queue=jobs)
         keys = KeyRepo(db)
-        storage = LocalStorage(settings.files_dir)
+        storage = open_storage(settings)
         channels, channel_manager = build_channels(settings, db)
         engine = Engine(
             tasks,
@@ -138,6 +157,7 @@ class Services:
             webhooks=webhooks,
             billing=billing,
             channel_manager=channel_manager,
+            jobs=jobs,
         )
 
     def ensure_admin_key(self) -> str | None:
@@ -148,18 +168,41 @@ class Services:
         return secret
 
     async def start(self) -> None:
-        # Embedded mode: this process is the only writer of staging, and nothing runs yet.
-        if removed := self.storage.clear_staging():
-            log.info("removed %d partial files left by an earlier run", removed)
-        self.driver = InProcessDriver(self.engine, concurrency=self.settings.workers)
-        self.driver.start()
-        self.webhooks.start()
+        if self.jobs is None:
+            # Embedded mode: this process is the only writer of staging, and nothing runs yet.
+            if removed := self.storage.clear_staging():
+                log.info("removed %d partial files left by an earlier run", removed)
+            self.driver = InProcessDriver(self.engine, concurrency=self.settings.workers)
+            self.driver.start()
+        else:
+            if self.run_api:
+                self.listener = ChangeListener(
+                    self.settings.db_url, self.views.remote_change, self.views.forget_all
+                )
+                self.listener.start()
+            else:
+                # A worker serves no status reads: do not fill a cache nobody reads.
+                self.engine.listeners.remove(self.views.refresh)
+            if self.run_worker:
+                from mediarelay.engine.jobs import JobWorker, StepJobs
+
+                assert isinstance(self.jobs, StepJobs)
+                self.job_worker = JobWorker(
+                    self.settings.db_url, self.engine, self.jobs, concurrency=self.settings.workers
+                )
+                await self.job_worker.start()
+        if self.run_worker:
+            self.webhooks.start()
         self.billing.start()
         self.channel_manager.start()
 
     async def stop(self) -> None:
         if self.driver is not None:
             await self.driver.stop()
+        if self.job_worker is not None:
+            await self.job_worker.stop()
+        if self.listener is not None:
+            await self.listener.stop()
         await self.webhooks.stop()
         await self.billing.stop()
         await self.channel_manager.stop()

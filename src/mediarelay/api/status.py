@@ -74,7 +74,15 @@ class StatusService:
             if remaining <= 0:
                 break
             await self.views.wait_change(view.task_id, view.version, remaining)
-            view = self._current(dialect, view)
+            newer = self._current(dialect, view)
+            if newer is view and self.views.get_native(view.task_id) is None:
+                # The cache was dropped (changes may have been missed on another node): read again.
+                ident = view.task_id if dialect.any_task else view.public_id
+                reread = await self._lookup(dialect, ident)
+                if reread is None:
+                    break  # deleted meanwhile
+                newer = reread
+            view = newer
         return view
 
     async def answer(

@@ -17,6 +17,7 @@ import orjson
 
 from mediarelay.dialects.base import Dialect, RenderContext
 from mediarelay.domain import Asset, Status, Task
+from mediarelay.store.changes import DELETED
 from mediarelay.store.tasks import TaskRepo
 
 MAX_VIEWS = 200_000
@@ -127,6 +128,34 @@ class ViewCache:
             return None
         await self.refresh(task)
         return self._natives.get(task.id)
+
+    # -- changes made on other nodes (scaled-out mode, store/changes.py) ---------------------------
+
+    async def remote_change(self, task_id: str, version: int) -> None:
+        """Another node changed (or deleted) a task: re-render it if this node holds its bytes or has
+        clients waiting on it; otherwise there is nothing here to update."""
+        current = self._natives.get(task_id)
+        if version == DELETED:
+            if current is not None:
+                self.drop(current.public_id)
+            return
+        if current is not None and current.version >= version:
+            return  # this node made the change itself, or already rendered a newer one
+        if current is None and task_id not in self._waiters and task_id not in self._subscribers:
+            return
+        task = await asyncio.to_thread(self.repo.get, task_id)
+        if task is not None:
+            await self.refresh(task)
+
+    def forget_all(self) -> None:
+        """Changes may have been missed (the listening connection was down): drop every cached view and
+        let waiting clients re-read."""
+        self._views.clear()
+        self._natives.clear()
+        for task_id in list(self._waiters):
+            for waiter in self._waiters.pop(task_id, ()):
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def drop(self, public_id: str) -> None:
         own = self._views.pop(public_id, None)

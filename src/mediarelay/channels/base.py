@@ -67,6 +67,7 @@ class ChannelDeps:
     health: ChannelHealth | None = None
     max_result_bytes: int = 2 * 1024**3
     fetch_timeout: float = 300.0
+    data_dir: Path | None = None  # the node's data directory, for channels that keep work files
 
 
 class Unsupported(TaskError):

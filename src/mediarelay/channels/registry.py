@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 from mediarelay.channels.base import Channel, ChannelConfig, ChannelDeps
 from mediarelay.channels.gptbest import GptBestChannel
@@ -20,6 +21,7 @@ TYPES: dict[str, Callable[[ChannelConfig, ChannelDeps], Channel]] = {
     "unified_video": UnifiedVideoChannel,
     "openai_videos": OpenAIVideosChannel,
     "mediarelay": MediarelayChannel,
+    "local": lambda cfg, deps: __import__("mediarelay.channels.local", fromlist=["_"]).build(cfg, deps),
 }
 
 
@@ -67,12 +69,7 @@ class ChannelSet:
                     burst=cfg.rate_burst,
                 )
             healths[cfg.name] = health
-            deps = ChannelDeps(
-                guard=self.deps.guard,
-                health=health,
-                max_result_bytes=self.deps.max_result_bytes,
-                fetch_timeout=self.deps.fetch_timeout,
-            )
+            deps = replace(self.deps, health=health)
             built[cfg.name] = TYPES[cfg.type](cfg, deps)
         return built, healths
 

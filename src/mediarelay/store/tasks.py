@@ -14,6 +14,7 @@ from ulid import ULID
 
 from mediarelay.domain import Asset, ErrorKind, MediarelayError, Operation, Status, Task, TaskSpec, now_ms
 from mediarelay.store import ledger
+from mediarelay.store.changes import DELETED, publish
 from mediarelay.store.database import Database
 from mediarelay.store.schema import assets, metadata, task_events, tasks
 from mediarelay.store.webhooks import enqueue_status_event
@@ -80,6 +81,13 @@ class TaskHooks(Protocol):
         """Tasks are about to be removed."""
 
 
+class StepQueue(Protocol):
+    """Where a due step is announced besides the `next_run_at` column: the scaled-out mode's job queue
+    (`engine/jobs.py`), written in the transaction of the change that makes the step due."""
+
+    def due(self, conn: Connection, task_id: str, at: int) -> None: ...
+
+
 def new_task_id() -> str:
     return str(ULID())
 
@@ -132,9 +140,15 @@ def _asset(row: Row[Any]) -> Asset:
 
 
 class TaskRepo:
-    def __init__(self, db: Database, hooks: TaskHooks | None = None) -> None:
+    def __init__(self, db: Database, hooks: TaskHooks | None = None, queue: StepQueue | None = None) -> None:
         self.db = db
         self.hooks = hooks
+        self.queue = queue
+        self.announce = not db.is_sqlite  # other nodes learn of changes over LISTEN/NOTIFY
+
+    def _due(self, conn: Connection, task_id: str, at: int | None) -> None:
+        if self.queue is not None and at is not None:
+            self.queue.due(conn, task_id, at)
 
     # -- creation -----------------------------------------------------------------------------
 
@@ -236,6 +250,8 @@ class TaskRepo:
                 task_id=task_id, version=1, status=Status.QUEUED.value, progress=0, at=now
             )
         )
+        if runnable:
+            self._due(conn, task_id, now)
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -408,21 +424,29 @@ class TaskRepo:
                     )
                 )
             if task.parent_id is not None:
-                conn.execute(
+                woken = conn.execute(
                     update(tasks)
                     .where(tasks.c.id == task.parent_id, tasks.c.status.in_(ACTIVE_STATUSES))
                     .values(next_run_at=now)
                 )
+                if woken.rowcount:
+                    self._due(conn, task.parent_id, now)
+            if values.get("next_run_at") is not None and not Status(status).terminal:
+                self._due(conn, task.id, int(values["next_run_at"]))
+            if self.announce:
+                publish(conn, task.id, task.version + 1)
             return self._load(conn, [task.id])[0]
 
     def schedule(self, task: Task, next_run_at: int) -> None:
         """Move a task's next step without a state change (no version bump: nothing visible changed)."""
         with self.db.write() as conn:
-            conn.execute(
+            moved = conn.execute(
                 update(tasks)
                 .where(tasks.c.id == task.id, tasks.c.version == task.version)
                 .values(next_run_at=next_run_at)
             )
+            if moved.rowcount:
+                self._due(conn, task.id, next_run_at)
 
     def delete(self, task: Task) -> list[Task]:
         """Remove a task and its children with every row that refers to them (assets, events, and any
@@ -442,4 +466,7 @@ class TaskRepo:
                     if fk.column is tasks.c.id:
                         conn.execute(delete(table).where(fk.parent.in_(ids)))
             conn.execute(delete(tasks).where(tasks.c.id.in_(ids)))
+            if self.announce:
+                for gone in removed:
+                    publish(conn, gone.id, DELETED)
         return removed

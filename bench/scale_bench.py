@@ -1,0 +1,192 @@
+"""Scaled-out throughput: sandbox tasks finished per second on PostgreSQL with 1 and 2 workers, against
+the embedded default (SQLite, in-process driver) on the very same workload in the same run.
+
+Each configuration gets a fresh database: one API node (`serve --no-worker`, or plain `serve` for the
+embedded reference) and N `mediarelay worker` processes. N small sandbox tasks (32x32 images, 1 in 10 a
+64x64 1 s video; queue 0.1 s, run 0.5 s) are submitted through the native API; throughput is tasks
+finished / (last finish - first submit). Also measured: how soon a client long-polling on the API node
+(`GET /v1/tasks/{id}?wait=30`) sees a change a worker made — its arrival minus the task's `updated_at`
+(both this machine's clock) — which is the cross-node LISTEN/NOTIFY path.
+
+    .venv/bin/python bench/scale_bench.py --tasks 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psycopg
+
+BIN = Path(sys.executable).parent / "mediarelay"
+PG_ADMIN = os.environ.get("MEDIARELAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def body(i: int) -> dict[str, object]:
+    if i % 10 == 0:
+        return {"model": "sandbox-video", "operation": "text_to_video", "prompt": f"clip {i}",
+                "width": 64, "height": 64, "seconds": 1}  # fmt: skip
+    return {"model": "sandbox-image", "operation": "text_to_image", "prompt": f"image {i}", "width": 32, "height": 32}
+
+
+class Deployment:
+    def __init__(self, tmp: Path, workers: int | None) -> None:
+        self.tmp, self.workers = tmp, workers
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.db_name: str | None = None
+        self.env = {
+            **os.environ,
+            "MEDIARELAY_SANDBOX__QUEUE_SECONDS": "0.1",
+            "MEDIARELAY_SANDBOX__RUN_SECONDS": "0.5",
+            "MEDIARELAY_SANDBOX__JITTER": "0.3",
+            "MEDIARELAY_ACCESS_LOG": "false",
+            "MEDIARELAY_WORKERS": "64",
+        }
+        self.env.pop("MEDIARELAY_CONFIG", None)
+        self.data = tmp / f"data-{workers}"
+        if workers is not None:
+            self.db_name = f"mr_bench_{uuid.uuid4().hex[:10]}"
+            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{self.db_name}"')
+            self.env["MEDIARELAY_DATABASE_URL"] = PG_ADMIN.rsplit("/", 1)[0] + f"/{self.db_name}"
+
+    def start(self) -> tuple[str, str]:
+        port = free_port()
+        log = (self.tmp / f"api-{self.workers}.log").open("wb")
+        args = ["serve", "--port", str(port), "--data-dir", str(self.data)]
+        if self.workers is not None:
+            args.append("--no-worker")
+        api = subprocess.Popen([str(BIN), *args], stdout=subprocess.PIPE, stderr=log, env=self.env)
+        self.procs.append(api)
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert api.stdout is not None
+        key = api.stdout.readline().decode().strip()
+        for n in range(self.workers or 0):
+            wlog = (self.tmp / f"worker-{self.workers}-{n}.log").open("wb")
+            self.procs.append(
+                subprocess.Popen([str(BIN), "worker", "--data-dir", str(self.data)], stdout=wlog, stderr=wlog, env=self.env)
+            )
+        return base, key
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if self.db_name:
+            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+
+
+async def run(base: str, key: str, tasks: int) -> dict[str, float]:
+    headers = {"Authorization": f"Bearer {key}"}
+    lags: list[float] = []
+    done_at: dict[str, float] = {}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60, limits=httpx.Limits(max_connections=400)) as client:
+        start = time.time()
+        todo = list(range(tasks))
+        ids: list[str] = []
+
+        async def submitter() -> None:
+            while todo:
+                i = todo.pop()
+                r = await client.post("/v1/tasks", json=body(i))
+                r.raise_for_status()
+                ids.append(r.json()["id"])
+
+        await asyncio.gather(*(submitter() for _ in range(16)))
+        submitted = time.time()
+
+        sem = asyncio.Semaphore(300)
+
+        async def watch(task_id: str) -> None:
+            etag = ""
+            async with sem:
+                while True:
+                    r = await client.get(f"/v1/tasks/{task_id}?wait=30", headers={"If-None-Match": etag} if etag else {})
+                    now = time.time()
+                    if r.status_code == 304:
+                        continue
+                    view = r.json()
+                    if etag:  # a change seen while waiting: how long after the worker wrote it
+                        lags.append(now - view["updated_at"] / 1000)
+                    etag = r.headers["etag"]
+                    if view["status"] in ("succeeded", "failed", "canceled"):
+                        done_at[task_id] = view["updated_at"] / 1000
+                        return
+
+        await asyncio.gather(*(watch(t) for t in ids))
+    failed = 0
+    finished = max(done_at.values())
+    return {
+        "tasks": tasks,
+        "submit_s": submitted - start,
+        "total_s": finished - start,
+        "per_s": tasks / (finished - start),
+        "lag_p50_ms": pct(lags, 0.5) * 1000,
+        "lag_p95_ms": pct(lags, 0.95) * 1000,
+        "lag_n": len(lags),
+        "failed": failed,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tasks", type=int, default=2000)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="scale-bench-"))
+    rows = []
+    for workers in (None, 1, 2):
+        deployment = Deployment(tmp, workers)
+        try:
+            base, key = deployment.start()
+            result = asyncio.run(run(base, key, args.tasks))
+        finally:
+            deployment.stop()
+        label = "embedded (SQLite, in-process)" if workers is None else f"PostgreSQL, {workers} worker(s)"
+        rows.append((label, result))
+        print(label, result, flush=True)
+    reference = rows[0][1]["per_s"]
+    print()
+    print("setup | tasks/s | ratio to embedded | submit s | all done s | change seen on API node p50 / p95 ms")
+    for label, r in rows:
+        print(
+            f"{label} | {r['per_s']:.1f} | {r['per_s'] / reference:.2f} | {r['submit_s']:.1f} | {r['total_s']:.1f} | "
+            f"{r['lag_p50_ms']:.0f} / {r['lag_p95_ms']:.0f}"
+        )
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
