@@ -182,6 +182,15 @@ def check_channels(settings: Settings) -> list[Check]:
             checks.append(Check("channels", name, "fail", f"unknown type; known: {', '.join(sorted(TYPES))}"))
         elif not cfg.enabled:
             checks.append(Check("channels", name, "ok", "disabled"))
+        elif cfg.type == "local":
+            try:  # the `local` extra's libraries, as the channel's jobs import them
+                import cv2  # noqa: F401
+                import mediapipe  # noqa: F401
+
+                checks.append(Check("channels", name, "ok", "runs on this machine's CPU"))
+            except ImportError as exc:
+                detail = f"{exc}: pip install 'mediarelay[local]'"
+                checks.append(Check("channels", name, "fail", detail))
         elif url is None:
             local = cfg.type == "sandbox"
             detail = "built in, nothing to reach" if local else "no base URL to check"
