@@ -36,7 +36,8 @@ def test_curl_examples_run_as_printed(tmp_path: Path) -> None:
         script = "set -euo pipefail\n" + "\n".join(examples)
         script = script.replace("http://127.0.0.1:8000", server.base_url)
         out = subprocess.run(
-            ["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False
+            ["bash", "-c", script], cwd=tmp_path, env=server.env, capture_output=True, text=True, timeout=240,
+            check=False,
         )
         assert out.returncode == 0, out.stdout + out.stderr
     finally:

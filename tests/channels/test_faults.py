@@ -82,7 +82,7 @@ def channel(kind: str, prefix: str, base_url: str, *, short: bool) -> dict[str, 
         "max_concurrency": LIMIT,
         "submit_timeout_seconds": 1.0,
         "poll_timeout_seconds": 1.0,
-        "deadline_seconds": 4 if short else 180,
+        "deadline_seconds": 10 if short else 180,  # short: long enough to be dispatched under load
         "breaker_failures": 10_000,
         "options": {"poll_fast_seconds": 0.3},
     }

@@ -38,7 +38,8 @@ def test_a_healthy_data_directory(server: Server) -> None:
     assert "all checks passed" in out.stderr
     for area in ("config", "database", "storage", "media", "channels"):
         assert area in out.stdout
-    code, report = doctor(server.data_dir)
+    db = {k: v for k, v in server.env.items() if k == "MEDIARELAY_DATABASE_URL"}  # PostgreSQL runs
+    code, report = doctor(server.data_dir, **db)
     assert code == 0 and report["ok"]
     found = states(report)
     assert found[("database", "schema")] == "ok" and found[("database", "writable")] == "ok"

@@ -214,5 +214,7 @@ def test_kill_9_mid_flight_then_restart_finishes_every_task_once(tmp_path: Path)
     for (key_,) in server.rows("select key from assets where role='video'"):
         info = probe(files / str(key_))
         assert info.video_codec == "h264" and info.duration
-    # Partial files of the killed run were cleared at restart; finished steps leave none behind.
-    assert list((files / ".staging").iterdir()) == []
+    # Partial files of the killed run were cleared at restart; finished steps leave none behind. (With
+    # the job queue other nodes may share the directory: workers sweep files older than an hour instead.)
+    if "MEDIARELAY_DATABASE_URL" not in server.env:
+        assert list((files / ".staging").iterdir()) == []

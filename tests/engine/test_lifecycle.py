@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import sqlite3
 from pathlib import Path
 
 from conftest import start_server, wait_until
@@ -37,8 +36,7 @@ def test_deadline_fails_a_stuck_task_and_failure_rate_applies(tmp_path: Path) ->
             assert "simulated" in api.get(f"/avatar/task/{flaky}").json()["message"]
     finally:
         server.stop()
-    with sqlite3.connect(server.data_dir / "mediarelay.db") as db:
-        codes = dict(db.execute("select public_id, error_code from tasks"))
+    codes = dict(server.rows("select public_id, error_code from tasks"))
     assert codes == {stuck: "timeout", flaky: "generation_failed"}
 
 

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -44,6 +45,8 @@ log = logging.getLogger("mediarelay.jobs")
 
 QUEUE = "mediarelay"
 EARLY_MS = 50  # a job this close to its task's next_run_at runs the step
+STAGING_MAX_AGE = 3600.0  # a staging file this old belongs to no running step (downloads time out sooner)
+STAGING_SWEEP_SECONDS = 600.0
 STEP = "mediarelay.step"
 
 _MOVE_EARLIER = text(
@@ -143,8 +146,8 @@ class JobWorker:
         concurrency: int = 32,
         poll_seconds: float = 0.25,
         heartbeat_seconds: float = 5.0,
-        stalled_seconds: float = 20.0,
-        maintenance_seconds: float = 10.0,
+        stalled_seconds: float = 15.0,
+        maintenance_seconds: float = 5.0,
     ) -> None:
         self.engine = engine
         self.db = engine.repo.db
@@ -156,6 +159,7 @@ class JobWorker:
         self.stalled_seconds = stalled_seconds
         self.maintenance_seconds = maintenance_seconds
         self._tasks: list[asyncio.Task[Any]] = []
+        self._next_cleanup = 0.0
 
     async def start(self) -> None:
         await self.app.open_async()
@@ -206,14 +210,17 @@ class JobWorker:
 
     async def _maintain(self) -> None:
         while True:
-            await asyncio.sleep(self.maintenance_seconds * random.uniform(0.8, 1.2))
             try:
                 await self.recover_stalled()
                 made = await asyncio.to_thread(self.jobs.reconcile, self.db)
                 if made:
                     log.info("gave %d active tasks without a job a new one", made)
+                if time.monotonic() >= self._next_cleanup:  # staging files of killed steps
+                    self._next_cleanup = time.monotonic() + STAGING_SWEEP_SECONDS
+                    await asyncio.to_thread(self.engine.storage.clear_staging, STAGING_MAX_AGE)
             except Exception:
                 log.exception("job maintenance failed")
+            await asyncio.sleep(self.maintenance_seconds * random.uniform(0.8, 1.2))
 
     async def recover_stalled(self) -> int:
         """Steps of workers that stopped sending heartbeats: fail those jobs, re-defer their tasks."""

@@ -60,8 +60,9 @@ class Storage(Protocol):
         """A fresh path in the staging directory for a file about to be written."""
         ...
 
-    def clear_staging(self) -> int:
-        """Remove staging files left by killed steps; returns how many were removed."""
+    def clear_staging(self, older_than: float = 0.0) -> int:
+        """Remove staging files left by killed steps (only those older than `older_than` seconds, when
+        other steps may be running); returns how many were removed."""
         ...
 
     def put(self, key: str, src: Path) -> tuple[int, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -21,13 +22,18 @@ class LocalStorage:
         self.staging = self.root / ".staging"
         self.staging.mkdir(parents=True, exist_ok=True)
 
-    def clear_staging(self) -> int:
-        """Remove partial files a killed process left behind; only safe while no step is running."""
+    def clear_staging(self, older_than: float = 0.0) -> int:
+        """Remove partial files killed steps left behind: all of them (only while no step runs), or
+        those older than `older_than` seconds (while other steps may be writing theirs)."""
         removed = 0
+        cutoff = time.time() - older_than
         for leftover in self.staging.iterdir():
-            if leftover.is_file():
-                leftover.unlink(missing_ok=True)
-                removed += 1
+            try:
+                if leftover.is_file() and (not older_than or leftover.stat().st_mtime < cutoff):
+                    leftover.unlink(missing_ok=True)
+                    removed += 1
+            except FileNotFoundError:  # stored (renamed away) meanwhile
+                continue
         return removed
 
     def new_staging_path(self, suffix: str) -> Path:
