@@ -10,6 +10,7 @@ a result visible.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ from mediarelay.channels.registry import ChannelSet
 from mediarelay.domain import Status, Task, TaskError, TaskSpec, now_ms
 from mediarelay.engine.cadence import FAST, next_poll_delay, retry_backoff
 from mediarelay.engine.dispatch import Dispatcher
-from mediarelay.storage.local import LocalStorage
+from mediarelay.storage.base import Storage
 from mediarelay.store.channels import ChannelRepo
 from mediarelay.store.tasks import Idempotency, NewAsset, TaskRepo
 
@@ -47,7 +48,7 @@ class Engine:
         self,
         repo: TaskRepo,
         channels: ChannelSet,
-        storage: LocalStorage,
+        storage: Storage,
         *,
         finalize_concurrency: int = 2,
         claims: ChannelRepo | None = None,
@@ -328,17 +329,22 @@ class Engine:
         except BaseException:
             staging.unlink(missing_ok=True)
             raise
-        async with self._finalize_slots:
-            main = await self._process_output(task, output, staging)
-        previews = []
-        for role, ext in PREVIEWS[main.role]:
-            copy = provided.get((role, main.index))
-            found = await self._copy_preview(task, channel, copy, ext) if copy is not None else None
-            if found is None:
-                async with self._finalize_slots:
-                    found = await self._derive_preview(task, main, role, ext)
-            previews.append(found)
-        return [main, *previews]
+        # Previews are made from the staging file, before it is stored (a remote store keeps no local copy).
+        try:
+            async with self._finalize_slots:
+                main = await self._process_output(task, output, staging)
+            previews = []
+            for role, ext in PREVIEWS[main.role]:
+                copy = provided.get((role, main.index))
+                found = await self._copy_preview(task, channel, copy, ext) if copy is not None else None
+                if found is None:
+                    async with self._finalize_slots:
+                        found = await self._derive_preview(task, main, role, ext, staging)
+                previews.append(found)
+            size, sha = await asyncio.to_thread(self.storage.put, main.key, staging)
+        finally:
+            staging.unlink(missing_ok=True)
+        return [dataclasses.replace(main, bytes=size, sha256=sha), *previews]
 
     async def _copy_preview(self, task: Task, channel: Channel, output: Output, ext: str) -> NewAsset | None:
         """A preview the upstream made (another mediarelay publishes them with checksums): stored as it
@@ -371,46 +377,45 @@ class Engine:
         )
 
     async def _process_output(self, task: Task, output: Output, staging: Path) -> NewAsset:
-        try:
-            with staging.open("rb") as fh:
-                sniffed = media.sniff(fh.read(64))
-            if sniffed is None:
-                raise TaskError(
-                    "bad_output",
-                    f"result {output.url or output.index}: not an image or a video",
-                    retryable=True,
-                )
-            kind, ext = sniffed
-            output = Output(
-                role=kind, mime=output.mime, ext=ext, index=output.index, url=output.url, spec=output.spec
+        """What the fetched file is (its size and checksum are filled in when `_store_output` stores it)."""
+        with staging.open("rb") as fh:
+            sniffed = media.sniff(fh.read(64))
+        if sniffed is None:
+            raise TaskError(
+                "bad_output",
+                f"result {output.url or output.index}: not an image or a video",
+                retryable=True,
             )
-            try:
-                info = await asyncio.to_thread(media.probe, staging)
-            except ValueError as exc:
-                raise TaskError(
-                    "bad_output",
-                    f"result {output.url or output.index}: unreadable {ext} ({exc})",
-                    retryable=True,
-                ) from None
-            key = f"{task.id}/{output.role}-{output.index}.{output.ext}"
-            size, sha = await asyncio.to_thread(self.storage.put, key, staging)
-        finally:
-            staging.unlink(missing_ok=True)
+        kind, ext = sniffed
+        output = Output(
+            role=kind, mime=output.mime, ext=ext, index=output.index, url=output.url, spec=output.spec
+        )
+        try:
+            info = await asyncio.to_thread(media.probe, staging)
+        except ValueError as exc:
+            raise TaskError(
+                "bad_output",
+                f"result {output.url or output.index}: unreadable {ext} ({exc})",
+                retryable=True,
+            ) from None
+        key = f"{task.id}/{output.role}-{output.index}.{output.ext}"
         return NewAsset(
             role=output.role,
             key=key,
             mime=info.mime,
-            bytes=size,
-            sha256=sha,
+            bytes=0,
+            sha256="",
             width=info.width,
             height=info.height,
             duration=info.duration,
             index=output.index,
         )
 
-    async def _derive_preview(self, task: Task, main: NewAsset, role: str, ext: str) -> NewAsset:
-        """A poster (JPEG frame), thumbnail (WebP frame, or a JPEG of an image) or sprite sheet."""
-        source = self.storage.path(main.key)
+    async def _derive_preview(
+        self, task: Task, main: NewAsset, role: str, ext: str, source: Path
+    ) -> NewAsset:
+        """A poster (JPEG frame), thumbnail (WebP frame, or a JPEG of an image) or sprite sheet of the
+        main file `source` (its staging file)."""
         make: Callable[[Path], Awaitable[tuple[int, int]]]
         if main.role == "image":
             make = lambda d: media.make_thumbnail(source, d, fmt="JPEG")  # noqa: E731
