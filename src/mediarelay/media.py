@@ -1,6 +1,7 @@
 """Media work: read files back (`probe`), derive posters/thumbnails, and generate real test media.
 
-The engine uses `probe`, `make_poster` and `make_thumbnail` for every channel's results. The generators
+The engine uses `probe`, `make_video_previews` (a video's poster, thumbnail and sprite sheet from one
+decode) and `make_thumbnail` for every channel's results. The generators
 (`make_video`, `make_image`) serve the built-in sandbox channel, a fake vendor: it answers every task
 with *real* files of the requested shape (an H.264 MP4 of the right size, length and frame rate, a
 PNG/JPEG/WEBP of the right size) so that users can build and test their integration end to end for free.
@@ -23,7 +24,7 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,11 +35,14 @@ from PIL import Image, ImageChops, ImageDraw, ImageFont, ImageOps
 __all__ = [
     "MIME",
     "MediaInfo",
+    "Sheet",
+    "Still",
     "make_image",
     "make_poster",
     "make_spritesheet",
     "make_thumbnail",
     "make_video",
+    "make_video_previews",
     "probe",
     "sniff",
 ]
@@ -55,6 +59,7 @@ MIME = {
 }
 
 _FFMPEG_THREADS = 2
+POSTER_AT = 1 / 3  # posters and thumbnails show the frame about a third into the video
 _AUDIO_RATE = 44100
 _STDERR_TAIL = 2000
 
@@ -153,6 +158,48 @@ async def make_poster(
     if max_side is not None and max_side <= 0:
         raise ValueError(f"max_side must be positive, got {max_side}")
     return await asyncio.to_thread(_make_poster_sync, Path(video), Path(dest), pil_fmt, max_side)
+
+
+@dataclass(frozen=True)
+class Still:
+    """A still of the frame about a third into a video (a poster, a thumbnail): saved to ``dest`` in
+    ``fmt`` ("JPEG", "WEBP" or "PNG"), scaled down so its longest side is at most ``max_side`` if given."""
+
+    dest: Path
+    fmt: str = "JPEG"
+    max_side: int | None = None
+
+
+@dataclass(frozen=True)
+class Sheet:
+    """A JPEG sprite sheet: ``columns`` x ``rows`` tiles ``tile_width`` wide (see `make_spritesheet`)."""
+
+    dest: Path
+    columns: int
+    rows: int
+    tile_width: int
+
+
+async def make_video_previews(
+    video: Path, *, stills: Sequence[Still] = (), sheet: Sheet | None = None
+) -> list[tuple[int, int]]:
+    """Every preview of one video from a single decode: the ``stills`` (all of the frame about a third
+    in, as `make_poster`) and the sprite ``sheet`` (as `make_spritesheet`). Returns the written
+    (width, height) of each, stills first, then the sheet."""
+    checked = [
+        Still(Path(s.dest), _image_format(s.fmt, allowed=("JPEG", "WEBP", "PNG")), s.max_side) for s in stills
+    ]
+    for s in checked:
+        if s.max_side is not None and s.max_side <= 0:
+            raise ValueError(f"max_side must be positive, got {s.max_side}")
+    if sheet is not None and (sheet.columns <= 0 or sheet.rows <= 0 or sheet.tile_width <= 0):
+        raise ValueError(
+            f"columns, rows and tile_width must be positive, got {sheet.columns}, {sheet.rows}, "
+            f"{sheet.tile_width}"
+        )
+    if not checked and sheet is None:
+        return []
+    return await asyncio.to_thread(_video_previews_sync, Path(video), checked, sheet)
 
 
 async def make_spritesheet(
@@ -403,78 +450,135 @@ def _gradient(width: int, height: int, c0: tuple[int, int, int], c1: tuple[int, 
 
 
 def _make_poster_sync(video: Path, dest: Path, pil_fmt: str, max_side: int | None) -> tuple[int, int]:
-    frame = _grab_frame(video, fraction=1 / 3)
-    if max_side is not None:
-        frame = _fit(frame, max_side)
-    return _save_image(frame, dest, pil_fmt)
-
-
-def _grab_frame(video: Path, *, fraction: float) -> Image.Image:
-    """Decode the first frame at or after ``fraction`` of the duration (seeking to a keyframe first)."""
-    with av.open(str(video)) as container:
-        if not container.streams.video:
-            raise ValueError(f"{video} has no video stream")
-        stream = container.streams.video[0]
-        duration = _container_duration(container, stream)
-        target = max(0.0, duration * fraction) if duration else 0.0
-        if target > 0 and stream.time_base is not None:
-            container.seek(int(target / stream.time_base), stream=stream, backward=True)
-        last: av.VideoFrame | None = None
-        for frame in container.decode(stream):
-            last = frame
-            if frame.time is None or frame.time + 1e-3 >= target:
-                break
-        if last is None:
-            raise ValueError(f"{video} has no decodable video frames")
-        image: Image.Image = last.to_image()  # type: ignore[no-untyped-call]
-        return image
+    return _video_previews_sync(video, (Still(dest, pil_fmt, max_side),), None)[0]
 
 
 def _make_spritesheet_sync(
     video: Path, dest: Path, columns: int, rows: int, tile_width: int
 ) -> tuple[int, int]:
-    frames = _grab_frames(video, columns * rows)
-    first = frames[0]
-    tile_height = max(1, round(tile_width * first.height / max(1, first.width)))
-    sheet = Image.new("RGB", (columns * tile_width, rows * tile_height), (0, 0, 0))
-    for i, frame in enumerate(frames):
-        tile = frame.convert("RGB").resize((tile_width, tile_height), Image.Resampling.BILINEAR)
-        sheet.paste(tile, ((i % columns) * tile_width, (i // columns) * tile_height))
-    return _save_image(sheet, dest, "JPEG")
+    return _video_previews_sync(video, (), Sheet(dest, columns, rows, tile_width))[0]
 
 
-def _grab_frames(video: Path, count: int) -> list[Image.Image]:
-    """``count`` frames at evenly spaced times, in one sequential decode (short clips: cheaper than seeks).
+# A target further ahead than this (seconds) is reached by seeking to the keyframe before it rather than
+# by decoding every frame up to it; short clips (every result the bench sees) are decoded straight through.
+SEEK_GAP = 2.0
+# Frames up to this many pixels are decoded and scaled on the calling thread: helper threads cost more
+# than they save on small frames, and a busy server has no idle core to give them anyway.
+SMALL_FRAME = 640 * 360
 
-    Each target time takes the first frame at or after it; when the stream ends early the last decoded
-    frame fills the remaining tiles.
+
+def _video_previews_sync(video: Path, stills: Sequence[Still], sheet: Sheet | None) -> list[tuple[int, int]]:
+    """Every preview of ``video`` from one open and one pass of the decoder; sizes in order (stills, sheet).
+
+    Only the frames that are used are converted to RGB, and sprite-sheet tiles are scaled by swscale while
+    converting (never a full-size RGB frame per tile). Each target time takes the first frame at or after
+    it; when the stream ends early the last decoded frame fills the remaining targets.
     """
+    count = sheet.columns * sheet.rows if sheet is not None else 0
+    still: Image.Image | None = None
+    tiles: dict[int, Image.Image] = {}
+    tile_size: tuple[int, int] | None = None
+    converted: tuple[av.VideoFrame, Image.Image] | None = None  # short clips reuse a frame for many tiles
     with av.open(str(video)) as container:
         if not container.streams.video:
             raise ValueError(f"{video} has no video stream")
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        small = (stream.codec_context.width or 0) * (stream.codec_context.height or 0) <= SMALL_FRAME
+        if small:
+            stream.codec_context.thread_count = 1
+        else:
+            stream.thread_type = "AUTO"
         duration = _container_duration(container, stream) or 0.0
-        targets = [duration * (i + 0.5) / count for i in range(count)]
-        picked: list[Image.Image] = []
-        last: av.VideoFrame | None = None
+        targets = [(duration * (i + 0.5) / count, i) for i in range(count)]
+        if stills:
+            targets.append((duration * POSTER_AT, -1))
+
+        def take(slot: int, frame: av.VideoFrame) -> None:
+            nonlocal still, tile_size, converted
+            if slot < 0:
+                still = frame.to_image()  # type: ignore[no-untyped-call]
+                return
+            if converted is not None and converted[0] is frame:
+                tiles[slot] = converted[1]
+                return
+            assert sheet is not None
+            if tile_size is None:
+                tile_size = (
+                    sheet.tile_width,
+                    max(1, round(sheet.tile_width * frame.height / max(1, frame.width))),
+                )
+            downscale = frame.width > tile_size[0]
+            image: Image.Image = frame.to_image(  # type: ignore[no-untyped-call]
+                width=tile_size[0],
+                height=tile_size[1],
+                interpolation="AREA" if downscale else "BILINEAR",
+                threads=1 if small else 0,
+            )
+            converted = (frame, image)
+            tiles[slot] = image
+
+        _pick_frames(container, stream, targets, take, video)
+    sizes: list[tuple[int, int]] = []
+    for wanted in stills:
+        assert still is not None
+        image = _fit(still, wanted.max_side) if wanted.max_side is not None else still
+        sizes.append(_save_image(image, wanted.dest, wanted.fmt))
+    if sheet is not None:
+        assert tile_size is not None
+        tile_w, tile_h = tile_size
+        grid = Image.new("RGB", (sheet.columns * tile_w, sheet.rows * tile_h), (0, 0, 0))
+        for i in range(count):
+            grid.paste(tiles[i], ((i % sheet.columns) * tile_w, (i // sheet.columns) * tile_h))
+        sizes.append(_save_image(grid, sheet.dest, "JPEG"))
+    return sizes
+
+
+def _pick_frames(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    targets: list[tuple[float, int]],
+    take: Callable[[int, av.VideoFrame], None],
+    video: Path,
+) -> None:
+    """Hand each (time, slot) target the first frame at or after its time, in one forward pass: decoding
+    straight through, and seeking (keyframe before the target) only over gaps longer than SEEK_GAP."""
+    pending = sorted(targets)
+    nxt = 0
+    position = 0.0
+    last: av.VideoFrame | None = None
+    sought: float | None = None
+    time_base = stream.time_base
+    while nxt < len(pending):
+        target = pending[nxt][0]
+        if time_base is not None and target - position > SEEK_GAP and target != sought:
+            container.seek(int(target / time_base), stream=stream, backward=True)
+            sought = target
+        jumped = False
         for frame in container.decode(stream):
             last = frame
-            t = frame.time if frame.time is not None else 0.0
-            while len(picked) < count and t + 1e-3 >= targets[len(picked)]:
-                picked.append(frame.to_image())  # type: ignore[no-untyped-call]
-            if len(picked) == count:
+            position = frame.time if frame.time is not None else position
+            while nxt < len(pending) and position + 1e-3 >= pending[nxt][0]:
+                take(pending[nxt][1], frame)
+                nxt += 1
+            if nxt == len(pending):
                 break
-        if last is None:
-            raise ValueError(f"{video} has no decodable video frames")
-        while len(picked) < count:
-            picked.append(last.to_image())  # type: ignore[no-untyped-call]
-        return picked
+            ahead = pending[nxt][0]
+            if time_base is not None and ahead - position > SEEK_GAP and ahead != sought:
+                jumped = True
+                break
+        if not jumped:
+            break
+    if last is None:
+        raise ValueError(f"{video} has no decodable video frames")
+    for _, slot in pending[nxt:]:
+        take(slot, last)
 
 
 def _make_thumbnail_sync(image: Path, dest: Path, pil_fmt: str, max_side: int) -> tuple[int, int]:
     with Image.open(image) as src:
         src.seek(0)
+        if src.format == "JPEG":
+            src.draft(None, (2 * max_side, 2 * max_side))  # let the decoder scale down (DCT), cheaply
         img = ImageOps.exif_transpose(src)
         img.load()
     return _save_image(_fit(img, max_side), dest, pil_fmt)

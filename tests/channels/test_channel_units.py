@@ -13,6 +13,7 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -326,8 +327,15 @@ def test_cadence_uses_observed_durations() -> None:
     task = make_task(status=Status.RUNNING, started_at=0)
     delay = next_poll_delay(task, PollResult(status=Status.RUNNING), 30_000, durations=seen)
     assert 0.9 * FAST <= delay <= 1.1 * FAST
-    # Progress near 100 % never polls faster than the fast pace.
-    assert next_poll_delay(task, PollResult(status=Status.RUNNING, progress=99), 300_000) >= 0.9 * FAST
+    # Progress near 100 % never polls faster than the fast pace, except for ENDGAME_SECONDS after the task
+    # first reached 99 % (its 99 % was published then: `updated_at`): then at twice the pace.
+    assert next_poll_delay(task, PollResult(status=Status.RUNNING, progress=98), 300_000) >= 0.9 * FAST
+    first = next_poll_delay(task, PollResult(status=Status.RUNNING, progress=99), 300_000)
+    assert 0.45 * FAST <= first <= 0.55 * FAST
+    at99 = replace(task, progress=99, updated_at=299_000)
+    assert next_poll_delay(at99, PollResult(status=Status.RUNNING, progress=99), 300_000) <= 0.55 * FAST
+    stuck = replace(task, progress=99, updated_at=290_000)
+    assert next_poll_delay(stuck, PollResult(status=Status.RUNNING, progress=99), 300_000) >= 0.9 * FAST
 
 
 def test_retry_after_and_messages() -> None:

@@ -2,6 +2,12 @@
 
 No queue library runs on SQLite, and none is needed for one process: the task table is the queue.
 After a crash, whatever was due is still due, so a restart simply carries on.
+
+One scan is one read (`TaskRepo.due_tasks`: the due rows, loaded, and when the next one comes due, on the
+partial index of unfinished tasks), and scans are coalesced: a wake-up (a step finished, a task was
+submitted) within `SCAN_GAP` of the last scan waits for the rest of that gap, so a burst of finishing
+steps costs one scan, not one each. The table stays the only truth: nothing is remembered between scans
+but the steps in flight.
 """
 
 from __future__ import annotations
@@ -11,12 +17,13 @@ import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from mediarelay.domain import now_ms
+from mediarelay.domain import Task, now_ms
 from mediarelay.engine.lifecycle import Engine
 
 log = logging.getLogger("mediarelay.driver")
 
 IDLE_WAIT = 1.0  # also picks up rows written by other processes (the CLI) within a second
+SCAN_GAP = 0.05  # seconds: at most 20 scans a second, whatever the rate of wake-ups
 
 
 class InProcessDriver:
@@ -53,32 +60,40 @@ class InProcessDriver:
 
     async def _loop(self) -> None:
         repo = self.engine.repo
+        clock = asyncio.get_running_loop().time
+        last_scan = -SCAN_GAP
         while True:
+            if (gap := last_scan + SCAN_GAP - clock()) > 0:
+                await asyncio.sleep(gap)  # wake-ups arriving meanwhile are served by this one scan
             self._wake.clear()
-            try:
-                free = self.concurrency - len(self.inflight)
-                if free > 0:
-                    for task_id in await asyncio.to_thread(repo.due, now_ms(), free, tuple(self.inflight)):
-                        self._spawn(task_id)
-                next_at = await asyncio.to_thread(repo.next_due_at, tuple(self.inflight))
-            except Exception:
-                log.exception("driver scan failed")
-                next_at = None
+            last_scan = clock()
+            free = self.concurrency - len(self.inflight)
+            next_at: int | None = None
+            if free > 0:
+                try:
+                    ready, next_at = await asyncio.to_thread(
+                        repo.due_tasks, now_ms(), free, tuple(self.inflight)
+                    )
+                except Exception:
+                    log.exception("driver scan failed")
+                    ready = []
+                for task in ready:
+                    self._spawn(task)
             wait = IDLE_WAIT if next_at is None else min(IDLE_WAIT, max(0.0, (next_at - now_ms()) / 1000))
             if self.concurrency - len(self.inflight) <= 0:
                 wait = IDLE_WAIT  # full: a finishing step wakes us
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=wait)
 
-    def _spawn(self, task_id: str) -> None:
-        self.inflight.add(task_id)
-        step = asyncio.create_task(self._run(task_id), name=f"step-{task_id}")
+    def _spawn(self, task: Task) -> None:
+        self.inflight.add(task.id)
+        step = asyncio.create_task(self._run(task), name=f"step-{task.id}")
         self._steps.add(step)
         step.add_done_callback(self._steps.discard)
 
-    async def _run(self, task_id: str) -> None:
+    async def _run(self, task: Task) -> None:
         try:
-            await self.engine.step(task_id)
+            await self.engine.step(task.id, task)
         finally:
-            self.inflight.discard(task_id)
+            self.inflight.discard(task.id)
             self._wake.set()

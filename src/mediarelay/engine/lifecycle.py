@@ -20,7 +20,7 @@ from mediarelay import media
 from mediarelay.channels.base import Channel, Output, PollResult
 from mediarelay.channels.registry import ChannelSet
 from mediarelay.domain import Status, Task, TaskError, TaskSpec, now_ms
-from mediarelay.engine.cadence import FAST, next_poll_delay, retry_backoff
+from mediarelay.engine.cadence import ENDGAME_PROGRESS, FAST, next_poll_delay, retry_backoff
 from mediarelay.engine.dispatch import Dispatcher
 from mediarelay.storage.base import Storage
 from mediarelay.store.channels import ChannelRepo
@@ -38,6 +38,8 @@ PREVIEWS: dict[str, tuple[tuple[str, str], ...]] = {
     "video": (("poster", "jpg"), ("thumbnail", "webp"), ("spritesheet", "jpg")),
     "image": (("thumbnail", "jpg"),),
 }
+# A video's stills, both of the frame a third in: (format, longest side or None for full size).
+VIDEO_STILLS: dict[str, tuple[str, int | None]] = {"poster": ("JPEG", None), "thumbnail": ("WEBP", 480)}
 # A video's sprite sheet: 4 x 4 frames at evenly spaced times, 240 px wide tiles (JPEG), for scrubbers.
 SPRITESHEET = {"columns": 4, "rows": 4, "tile_width": 240}
 Listener = Callable[[Task], Awaitable[object]]
@@ -148,8 +150,11 @@ class Engine:
 
     # -- the step the driver runs -------------------------------------------------------------
 
-    async def step(self, task_id: str) -> None:
-        task = await asyncio.to_thread(self.repo.get, task_id)
+    async def step(self, task_id: str, task: Task | None = None) -> None:
+        """Run the task's next step. `task` is the row as the caller has just read it (the embedded driver
+        loads the due tasks in its scan); without it the step reads the row itself."""
+        if task is None:
+            task = await asyncio.to_thread(self.repo.get, task_id)
         if task is None or task.status.terminal:
             return
         try:
@@ -229,7 +234,7 @@ class Engine:
             return
         if result.status is Status.SUCCEEDED:
             health.durations.add((now - (task.started_at or task.created_at)) / 1000)
-            await self._write(
+            finalizing = await self._write(
                 task,
                 status=Status.FINALIZING,
                 progress=99,
@@ -240,6 +245,15 @@ class Engine:
                 },
                 next_run_at=now,
             )
+            if finalizing is not None:
+                # Fetch the result now, in this step: no round trip through the table and the driver. The
+                # row is due already, so a crash before the result is stored simply redoes this.
+                try:
+                    await self._finalize(finalizing)
+                except Exception:
+                    log.exception("finalize failed for task %s; retrying later", task.id)
+                    later = now_ms() + int(retry_backoff(3) * 1000)
+                    await asyncio.to_thread(self.repo.schedule, finalizing, later)
             return
         fast = float(channel.config.options.get("poll_fast_seconds", FAST))
         delay = next_poll_delay(task, result, now, durations=health.durations, fast=fast)
@@ -251,13 +265,15 @@ class Engine:
         if status is Status.QUEUED and task.status is Status.RUNNING:
             status = Status.RUNNING  # never back to queued once started (some upstreams flicker)
         progress = max(task.progress, min(99, result.progress if result.progress is not None else 0))
-        # [MR] progress is published in steps (every PROGRESS_STEP points, or after PROGRESS_EVERY_MS):
-        # each publication is a write, a re-render and a wake-up of every waiting client.
+        # [MR] progress is published in steps (every PROGRESS_STEP points, or after PROGRESS_EVERY_MS, and
+        # on reaching 99 %: the cadence's last stretch is timed from that write): each publication is a
+        # write, a re-render and a wake-up of every waiting client.
         moved = progress - task.progress
         if (
             status != task.status
             or moved >= PROGRESS_STEP
             or (moved > 0 and now - task.updated_at >= PROGRESS_EVERY_MS)
+            or (moved > 0 and progress >= ENDGAME_PROGRESS)
         ):
             await self._write(task, status=status, progress=progress, next_run_at=next_at)
         else:
@@ -331,20 +347,28 @@ class Engine:
             raise
         # Previews are made from the staging file, before it is stored (a remote store keeps no local copy).
         try:
+            previews: dict[str, NewAsset] = {}
             async with self._finalize_slots:
                 main = await self._process_output(task, output, staging)
-            previews = []
+                if not any((role, main.index) in provided for role, _ in PREVIEWS[main.role]):
+                    # Nothing to copy (every upstream but mediarelay): all previews in the same slot.
+                    wanted = list(PREVIEWS[main.role])
+                    previews = {a.role: a for a in await self._derive_previews(task, main, wanted, staging)}
             for role, ext in PREVIEWS[main.role]:
                 copy = provided.get((role, main.index))
                 found = await self._copy_preview(task, channel, copy, ext) if copy is not None else None
-                if found is None:
-                    async with self._finalize_slots:
-                        found = await self._derive_preview(task, main, role, ext, staging)
-                previews.append(found)
+                if found is not None:
+                    previews[role] = found
+            missing = [(role, ext) for role, ext in PREVIEWS[main.role] if role not in previews]
+            if missing:
+                async with self._finalize_slots:
+                    for found in await self._derive_previews(task, main, missing, staging):
+                        previews[found.role] = found
             size, sha = await asyncio.to_thread(self.storage.put, main.key, staging)
         finally:
             staging.unlink(missing_ok=True)
-        return [dataclasses.replace(main, bytes=size, sha256=sha), *previews]
+        ordered = [previews[role] for role, _ in PREVIEWS[main.role]]
+        return [dataclasses.replace(main, bytes=size, sha256=sha), *ordered]
 
     async def _copy_preview(self, task: Task, channel: Channel, output: Output, ext: str) -> NewAsset | None:
         """A preview the upstream made (another mediarelay publishes them with checksums): stored as it
@@ -411,42 +435,46 @@ class Engine:
             index=output.index,
         )
 
-    async def _derive_preview(
-        self, task: Task, main: NewAsset, role: str, ext: str, source: Path
-    ) -> NewAsset:
-        """A poster (JPEG frame), thumbnail (WebP frame, or a JPEG of an image) or sprite sheet of the
-        main file `source` (its staging file)."""
-        make: Callable[[Path], Awaitable[tuple[int, int]]]
-        if main.role == "image":
-            make = lambda d: media.make_thumbnail(source, d, fmt="JPEG")  # noqa: E731
-        elif role == "poster":
-            make = lambda d: media.make_poster(source, d, fmt="JPEG")  # noqa: E731
-        elif role == "thumbnail":
-            make = lambda d: media.make_poster(source, d, fmt="WEBP", max_side=480)  # noqa: E731
-        else:
-            make = lambda d: media.make_spritesheet(source, d, **SPRITESHEET)  # noqa: E731
-        return await self._derive(task, role, main.index, ext, make)
-
-    async def _derive(
-        self, task: Task, role: str, index: int, ext: str, make: Callable[[Path], Awaitable[tuple[int, int]]]
-    ) -> NewAsset:
-        staging = self.storage.new_staging_path(f".{ext}")
+    async def _derive_previews(
+        self, task: Task, main: NewAsset, wanted: list[tuple[str, str]], source: Path
+    ) -> list[NewAsset]:
+        """The previews `wanted` ((role, extension) pairs) of the main file `source` (its staging file):
+        a video's poster (JPEG frame), thumbnail (WebP frame) and sprite sheet all come from one decode
+        (`media.make_video_previews`); an image's thumbnail is a JPEG."""
+        staged = {role: self.storage.new_staging_path(f".{ext}") for role, ext in wanted}
         try:
-            width, height = await make(staging)
-            key = f"{task.id}/{role}-{index}.{ext}"
-            size, sha = await asyncio.to_thread(self.storage.put, key, staging)
+            if main.role == "image":
+                sizes = {"thumbnail": await media.make_thumbnail(source, staged["thumbnail"], fmt="JPEG")}
+            else:
+                roles = [role for role in VIDEO_STILLS if role in staged]
+                stills = [media.Still(staged[role], *VIDEO_STILLS[role]) for role in roles]
+                sheet = None
+                if "spritesheet" in staged:
+                    sheet = media.Sheet(staged["spritesheet"], **SPRITESHEET)
+                    roles.append("spritesheet")
+                made = await media.make_video_previews(source, stills=stills, sheet=sheet)
+                sizes = dict(zip(roles, made, strict=True))
+            keys = {role: f"{task.id}/{role}-{main.index}.{ext}" for role, ext in wanted}
+            stored = await asyncio.to_thread(
+                lambda: {role: self.storage.put(keys[role], staged[role]) for role, _ in wanted}
+            )
+            derived = [
+                NewAsset(
+                    role=role,
+                    key=keys[role],
+                    mime=media.MIME[ext],
+                    bytes=stored[role][0],
+                    sha256=stored[role][1],
+                    width=sizes[role][0],
+                    height=sizes[role][1],
+                    index=main.index,
+                )
+                for role, ext in wanted
+            ]
         finally:
-            staging.unlink(missing_ok=True)
-        return NewAsset(
-            role=role,
-            key=key,
-            mime=media.MIME[ext],
-            bytes=size,
-            sha256=sha,
-            width=width,
-            height=height,
-            index=index,
-        )
+            for path in staged.values():
+                path.unlink(missing_ok=True)
+        return derived
 
     async def _aggregate(self, parent: Task) -> None:
         """A fan-out parent mirrors its children: done when all are, failed when any failed."""

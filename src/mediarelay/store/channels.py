@@ -17,9 +17,12 @@ from sqlalchemy import and_, delete, func, insert, select, text, update
 
 from mediarelay.domain import Status, Task, now_ms
 from mediarelay.store.database import Database
-from mediarelay.store.schema import channels, tasks
+from mediarelay.store.schema import BUSY, channels, tasks
 
 BUSY_STATUSES = (Status.QUEUED.value, Status.RUNNING.value)
+# As literal SQL: SQLite uses the partial index ix_tasks_channel_busy only when the query repeats its WHERE
+# (with bound parameters each claim would count through the whole table).
+BUSY_LITERAL = text(BUSY)
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ class ChannelRepo:
         """Tasks each channel's upstream is working on (queued or running there), deployment-wide."""
         query = (
             select(tasks.c.channel, func.count())
-            .where(tasks.c.channel.is_not(None), tasks.c.status.in_(BUSY_STATUSES))
+            .where(tasks.c.channel.is_not(None), BUSY_LITERAL)
             .group_by(tasks.c.channel)
         )
         with self.db.read() as conn:
@@ -102,9 +105,7 @@ class ChannelRepo:
             if not self.db.is_sqlite:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(channel)})
             busy = conn.execute(
-                select(func.count()).where(
-                    tasks.c.channel == channel, tasks.c.status.in_(BUSY_STATUSES), tasks.c.id != task.id
-                )
+                select(func.count()).where(tasks.c.channel == channel, BUSY_LITERAL, tasks.c.id != task.id)
             ).scalar_one()
             if busy >= limit:
                 return False

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Row, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, Row, and_, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from ulid import ULID
 
@@ -16,10 +16,13 @@ from mediarelay.domain import Asset, ErrorKind, MediarelayError, Operation, Stat
 from mediarelay.store import ledger
 from mediarelay.store.changes import DELETED, publish
 from mediarelay.store.database import Database
-from mediarelay.store.schema import assets, metadata, task_events, tasks
+from mediarelay.store.schema import ACTIVE, assets, metadata, task_events, tasks
 from mediarelay.store.webhooks import enqueue_status_event
 
 ACTIVE_STATUSES = (Status.QUEUED.value, Status.RUNNING.value, Status.FINALIZING.value)
+# The same condition as literal SQL: SQLite uses the partial index ix_tasks_due only for a query whose WHERE
+# repeats the index's own (bound parameters do not match it: the scan would read the whole table).
+ACTIVE_LITERAL = text(ACTIVE)
 
 # Columns the engine may change through `update`; identity and request columns never change.
 MUTABLE = frozenset(
@@ -336,7 +339,7 @@ class TaskRepo:
         skip = list(exclude)
         query = (
             select(tasks.c.id)
-            .where(tasks.c.status.in_(ACTIVE_STATUSES), tasks.c.next_run_at <= now)
+            .where(ACTIVE_LITERAL, tasks.c.next_run_at <= now)
             .order_by(tasks.c.next_run_at)
             .limit(limit + len(skip))
         )
@@ -346,12 +349,28 @@ class TaskRepo:
         return [i for i in ids if i not in excluded][:limit]
 
     def next_due_at(self, exclude: Iterable[str] = ()) -> int | None:
-        query = select(func.min(tasks.c.next_run_at)).where(tasks.c.status.in_(ACTIVE_STATUSES))
+        query = select(func.min(tasks.c.next_run_at)).where(ACTIVE_LITERAL)
         if skip := list(exclude):
             query = query.where(tasks.c.id.not_in(skip))
         with self.db.read() as conn:
             value = conn.execute(query).scalar()
         return int(value) if value is not None else None
+
+    def due_tasks(self, now: int, limit: int, exclude: Iterable[str] = ()) -> tuple[list[Task], int | None]:
+        """The embedded driver's scan in one read: up to `limit` due unfinished tasks not in `exclude`,
+        loaded, oldest first; and when the next of the others comes due (None: nothing is scheduled)."""
+        skip = set(exclude)
+        query = (
+            select(tasks.c.id, tasks.c.next_run_at)
+            .where(ACTIVE_LITERAL, tasks.c.next_run_at.is_not(None))
+            .order_by(tasks.c.next_run_at)
+            .limit(limit + len(skip) + 1)
+        )
+        with self.db.read() as conn:
+            rows = [(r[0], int(r[1])) for r in conn.execute(query).all() if r[0] not in skip]
+            ids = [task_id for task_id, at in rows[:limit] if at <= now]
+            later = rows[len(ids)][1] if len(rows) > len(ids) else None
+            return self._load(conn, ids), later
 
     def events(self, task_id: str) -> list[dict[str, Any]]:
         with self.db.read() as conn:
@@ -435,7 +454,12 @@ class TaskRepo:
                 self._due(conn, task.id, int(values["next_run_at"]))
             if self.announce:
                 publish(conn, task.id, task.version + 1)
-            return self._load(conn, [task.id])[0]
+            if new_assets:
+                return self._load(conn, [task.id])[0]  # the assets' ids come from the database
+            # Nothing else in this transaction changes the row: the new task is the old one plus `changes`
+            # (one read less on every progress write).
+            fields: dict[str, Any] = {k: Status(v) if k == "status" else v for k, v in changes.items()}
+            return replace(task, **fields, version=task.version + 1, updated_at=now)
 
     def schedule(self, task: Task, next_run_at: int) -> None:
         """Move a task's next step without a state change (no version bump: nothing visible changed)."""
