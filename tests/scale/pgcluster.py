@@ -39,9 +39,9 @@ class Cluster:
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
-    def _run(self, *args: str) -> None:
+    def _run(self, *args: str, check: bool = True) -> None:
         prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        subprocess.run([*prefix, *args], check=True, capture_output=True, timeout=120)
+        subprocess.run([*prefix, *args], check=check, capture_output=True, timeout=180)
 
     def init(self) -> None:
         self._run(
@@ -67,11 +67,13 @@ class Cluster:
         # With its log file: without one the server would hold our captured output pipe open.
         self._run(
             str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), "-l", str(self.root / "log"),
-            "-m", "fast", "-w", "restart",
-        )  # fmt: skip
+            "-m", "immediate", "-t", "120", "-w", "restart",
+        )  # fmt: skip  (immediate: like a crash, recovered from the WAL; a fast stop can wait on clients)
 
     def stop(self) -> None:
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop")
+        self._run(
+            str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop", check=False
+        )  # fmt: skip
 
 
 def private_cluster() -> Cluster:
