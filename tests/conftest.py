@@ -101,17 +101,10 @@ class Server:
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
+        kill_process(self.proc)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.proc, 15)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -149,6 +142,23 @@ class Server:
         if key is not None:
             headers["Authorization"] = f"Bearer {key}" if bearer else key
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=30)
+
+
+def kill_process(proc: subprocess.Popen[Any] | None) -> None:
+    """SIGKILL a child that still runs: no shutdown code runs."""
+    if proc and proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, timeout: float) -> None:
+    """SIGTERM a child that still runs; SIGKILL it if it has not stopped after `timeout` seconds."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            kill_process(proc)
 
 
 def _drain(stream: Any, log_path: Path) -> None:

@@ -27,6 +27,16 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 ENV_REF = re.compile(r"^env:[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def http_url(value: str | None) -> str | None:
+    """An http(s) URL with a host, without its trailing slash (channel base URLs, S3 endpoints)."""
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http(s) URL")
+    return value.rstrip("/")
+
+
 class ChannelSettings(BaseModel):
     """One `[[channels]]` entry (docs/channels.md); the admin API takes the same fields."""
 
@@ -68,12 +78,7 @@ class ChannelSettings(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http(s) URL")
-        return value.rstrip("/")
+        return http_url(value)
 
     @classmethod
     def from_config(cls, cfg: ChannelConfig) -> ChannelSettings:
@@ -199,12 +204,7 @@ class S3Settings(BaseModel):
     @field_validator("endpoint_url", "public_endpoint_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http(s) URL")
-        return value.rstrip("/")
+        return http_url(value)
 
 
 class StorageSettings(BaseModel):

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import random
-import signal
 import subprocess
 import threading
 import time
@@ -21,7 +20,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import BIN, FAST_SANDBOX, Server, assert_books_balance, free_port, wait_until
+from conftest import (
+    BIN,
+    FAST_SANDBOX,
+    Server,
+    assert_books_balance,
+    free_port,
+    kill_process,
+    stop_process,
+    wait_until,
+)
 from scale.pgcluster import Cluster, private_cluster
 
 TASKS = 2000
@@ -66,17 +74,10 @@ class Worker:
         return self
 
     def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
+        kill_process(self.proc)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.proc, 20)
 
 
 def body(i: int) -> dict[str, object]:
