@@ -154,6 +154,8 @@ def start_fake(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
             "1.0",
             "--latency",
             str(args.latency),
+            *(["--lognormal", args.lognormal] if args.lognormal else []),
+            *(["--no-progress"] if args.no_progress else []),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -226,7 +228,8 @@ async def run_type(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, 
 
         await asyncio.gather(*(gated(i) for i in range(args.tasks)))
         submitted = time.time() - started
-        deadline = time.time() + args.max + 300
+        longest = float(args.lognormal.split(",")[2]) if args.lognormal else args.max
+        deadline = time.time() + longest + 300
         while len(seen) < args.tasks and time.time() < deadline:
             await asyncio.sleep(0.5)
     proc.terminate()
@@ -237,6 +240,8 @@ async def run_type(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, 
     by_marker = stats["tasks"]
     events = stage_times(tmp / f"data-{kind}" / "mediarelay.db")
     fresh, ref_fresh, ref_requests, failed = [], [], [], 0
+    # Fixed 1-second polling of the same tasks: the submit, one poll per second until done, the download.
+    per_second = [1 + math.ceil(t["duration"]) + 1 for t in by_marker.values()]
     poll_lag, store_lag, client_lag = [], [], []
     for marker, at in seen.items():
         task = by_marker[marker]
@@ -267,6 +272,7 @@ async def run_type(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, 
         "requests_per_task": requests / max(1, len(by_marker)),
         "ref_requests_per_task": (statistics.mean(ref_requests) + 1) if ref_requests else float("nan"),
         "batches": stats["batch_requests"],
+        "one_second_requests_per_task": statistics.mean(per_second) if per_second else float("nan"),
         "stages": {
             name: (statistics.median(v), pct(v, 0.95))
             for name, v in (("poll", poll_lag), ("store", store_lag), ("client", client_lag))
@@ -296,6 +302,10 @@ def main() -> None:
     parser.add_argument("--max", type=float, default=120.0, help="longest upstream task, seconds")
     parser.add_argument("--latency", type=float, default=0.05, help="upstream answer delay, seconds")
     parser.add_argument("--keep", action="store_true", help="keep the data and server logs (printed path)")
+    parser.add_argument(
+        "--lognormal", default="", help="median,p95,cap seconds: log-normal run times instead of --min..--max"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="the upstream reports no progress")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     print(f"working in {tmp}", file=sys.stderr)
@@ -304,8 +314,10 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
+    spread = f"log-normal {args.lognormal} (median,p95,cap)" if args.lognormal else f"{args.min:g}-{args.max:g}"
     print(
-        f"\n{args.tasks} tasks per type, upstream tasks {args.min:g}-{args.max:g} s, "
+        f"\n{args.tasks} tasks per type, upstream tasks {spread} s,"
+        f" {'no progress reported' if args.no_progress else 'with progress'}, "
         f"answers after {args.latency * 1000:.0f} ms; freshness = seen by the client - upstream done\n"
     )
     head = (
@@ -321,6 +333,8 @@ def main() -> None:
         "p95 / ref",
         "upstream req/task",
         "ref req/task",
+        "1 s polling req/task",
+        "req / 1 s polling",
     )
     print(" | ".join(head))
     for r in results:
@@ -339,6 +353,8 @@ def main() -> None:
                     f"{r['p95'] / r['ref_p95']:.3f}",
                     f"{r['requests_per_task']:.1f}",
                     f"{r['ref_requests_per_task']:.1f}",
+                    f"{r['one_second_requests_per_task']:.1f}",
+                    f"{r['requests_per_task'] / r['one_second_requests_per_task']:.3f}",
                 ]
             )
         )

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
+from cryptography.fernet import Fernet
 
 BIN = Path(sys.executable).parent / "mediarelay"
 PG_ADMIN = os.environ.get("MEDIARELAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -57,6 +58,7 @@ class Deployment:
     def __init__(self, tmp: Path, workers: int | None) -> None:
         self.tmp, self.workers = tmp, workers
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.second = ""  # scaled out: a second API node
         self.db_name: str | None = None
         self.env = {
             **os.environ,
@@ -65,6 +67,8 @@ class Deployment:
             "MEDIARELAY_SANDBOX__JITTER": "0.3",
             "MEDIARELAY_ACCESS_LOG": "false",
             "MEDIARELAY_WORKERS": "64",
+            # Scaled-out nodes must share one master key (docs/security.md).
+            "MEDIARELAY_MASTER_KEY": os.environ.get("MEDIARELAY_MASTER_KEY") or Fernet.generate_key().decode(),
         }
         self.env.pop("MEDIARELAY_CONFIG", None)
         self.data = tmp / f"data-{workers}"
@@ -74,9 +78,9 @@ class Deployment:
                 conn.execute(f'CREATE DATABASE "{self.db_name}"')
             self.env["MEDIARELAY_DATABASE_URL"] = PG_ADMIN.rsplit("/", 1)[0] + f"/{self.db_name}"
 
-    def start(self) -> tuple[str, str]:
+    def start_api(self, n: int) -> str:
         port = free_port()
-        log = (self.tmp / f"api-{self.workers}.log").open("wb")
+        log = (self.tmp / f"api-{self.workers}-{n}.log").open("wb")
         args = ["serve", "--port", str(port), "--data-dir", str(self.data)]
         if self.workers is not None:
             args.append("--no-worker")
@@ -89,8 +93,15 @@ class Deployment:
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
+        return base
+
+    def start(self) -> tuple[str, str]:
+        base = self.start_api(0)
+        api = self.procs[0]
         assert api.stdout is not None
-        key = api.stdout.readline().decode().strip()
+        key = api.stdout.readline().decode().strip()  # the first node creates and prints the admin key
+        if self.workers is not None:
+            self.second = self.start_api(1)  # an API node that only learns of changes over NOTIFY
         for n in range(self.workers or 0):
             wlog = (self.tmp / f"worker-{self.workers}-{n}.log").open("wb")
             self.procs.append(
@@ -171,19 +182,60 @@ async def wakeups(base: str, key: str, n: int = 100) -> list[float]:
     return lags
 
 
+async def cross_node(base_a: str, base_b: str, key: str, n: int = 100) -> list[float]:
+    """Cross-node events alone: a client long-polls a queued task on node B while another client
+    cancels it through node A, one task at a time; seconds from sending the cancel to A until B's
+    answer arrives (one clock; an upper bound: it includes A handling the cancel). What is measured is commit -> pg_notify -> B's listener -> B's re-render
+    -> the waiting client; the worker plays no part (the task is still queued)."""
+    headers = {"Authorization": f"Bearer {key}"}
+    lags: list[float] = []
+    async with (
+        httpx.AsyncClient(base_url=base_a, headers=headers, timeout=60) as a,
+        httpx.AsyncClient(base_url=base_b, headers=headers, timeout=60) as b,
+    ):
+        for i in range(n):
+            r = await a.post("/v1/tasks", json={**body(1), "prompt": f"cross {i}"}, headers={"X-Sandbox-Queue": "600"})
+            task_id = r.json()["id"]
+            while True:  # until the worker has dispatched it: the only change left is the cancel
+                seen = await b.get(f"/v1/tasks/{task_id}")
+                assert seen.status_code == 200, seen.text
+                if seen.json()["started_at"]:
+                    break
+                await asyncio.sleep(0.05)
+            waiting = asyncio.create_task(b.get(f"/v1/tasks/{task_id}?wait=30", headers={"If-None-Match": seen.headers["etag"]}))
+            await asyncio.sleep(0.05)  # B's long-poll is parked
+            sent = time.time()
+            r = await a.post(f"/v1/tasks/{task_id}/cancel")
+            assert r.status_code < 300, r.text
+            answer = await waiting
+            while answer.status_code == 304 or answer.json()["status"] != "canceled":  # another change first
+                etag = answer.headers["etag"]
+                answer = await b.get(f"/v1/tasks/{task_id}?wait=30", headers={"If-None-Match": etag})
+            arrived = time.time()
+            lags.append(arrived - sent)
+    return lags
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument("--cross", type=int, default=100, help="tasks of the cross-node (cancel) measure")
+    parser.add_argument("--setups", default="embedded,1,2", help="which of embedded,1,2 to run")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="scale-bench-"))
     rows = []
-    for workers in (None, 1, 2):
+    chosen = [None if s == "embedded" else int(s) for s in args.setups.split(",")]
+    for workers in chosen:
         deployment = Deployment(tmp, workers)
         try:
             base, key = deployment.start()
             result = asyncio.run(throughput(base, key, args.tasks, deployment))
             lags = asyncio.run(wakeups(base, key))
             result.update(lag_p50_ms=pct(lags, 0.5) * 1000, lag_p95_ms=pct(lags, 0.95) * 1000, lag_n=len(lags))
+            if workers is not None:
+                cross = asyncio.run(cross_node(base, deployment.second, key, args.cross))
+                result.update(cross_p50_ms=pct(cross, 0.5) * 1000, cross_p95_ms=pct(cross, 0.95) * 1000,
+                              cross_max_ms=max(cross) * 1000)  # fmt: skip
         finally:
             deployment.stop()
         label = "embedded (SQLite, in-process)" if workers is None else f"PostgreSQL, {workers} worker(s)"
@@ -191,11 +243,15 @@ def main() -> None:
         print(label, result, flush=True)
     reference = rows[0][1]["per_s"]
     print()
-    print("setup | tasks/s | ratio to embedded | submit s | all done s | change seen on API node p50 / p95 ms")
+    print(
+        "setup | tasks/s | ratio to first | submit s | all done s | change seen on API node p50 / p95 ms"
+        " | cross-node cancel seen p50 / p95 / max ms"
+    )
     for label, r in rows:
+        cross = f"{r['cross_p50_ms']:.0f} / {r['cross_p95_ms']:.0f} / {r['cross_max_ms']:.0f}" if "cross_p50_ms" in r else "-"
         print(
             f"{label} | {r['per_s']:.1f} | {r['per_s'] / reference:.2f} | {r['submit_s']:.1f} | {r['total_s']:.1f} | "
-            f"{r['lag_p50_ms']:.0f} / {r['lag_p95_ms']:.0f}"
+            f"{r['lag_p50_ms']:.0f} / {r['lag_p95_ms']:.0f} | {cross}"
         )
     shutil.rmtree(tmp, ignore_errors=True)
 

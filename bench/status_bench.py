@@ -5,7 +5,7 @@ and nginx (one worker) on 127.0.0.1, and runs wrk against both — same connecti
 set of 1,000 randomly chosen tasks per dialect, rounds interleaved — then prints requests/s, latency and
 the ratio to nginx. Bounded in count and time; loopback only.
 
-    .venv/bin/python bench/status_bench.py --tasks 100000 --duration 10 --rounds 2
+    .venv/bin/python bench/status_bench.py --tasks 1000000 --duration 10 --rounds 2
 """
 
 from __future__ import annotations
@@ -13,30 +13,25 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from bench_util import BIN, WrkResult, free_port, need_tools, start_nginx, wait_http, wrk
 from sqlalchemy import insert
 
-from mediarelay.dialects import avatar, faceswap, pika, unified_video
+from mediarelay.dialects import avatar, faceswap, native, openai_videos, pika, unified_video
 from mediarelay.domain import Status
 from mediarelay.store import database
 from mediarelay.store.database import Database
 from mediarelay.store.keys import KeyRepo
 from mediarelay.store.schema import assets, tasks
 from mediarelay.store.tasks import new_task_id
-
-BIN = Path(sys.executable).parent / "mediarelay"
 
 SAMPLES: dict[str, tuple[Any, dict[str, Any]]] = {
     "avatar": (
@@ -69,13 +64,15 @@ SAMPLES: dict[str, tuple[Any, dict[str, Any]]] = {
         },
     ),
     "faceswap": (faceswap, {"taskType": 6, "targetUrls": ["https://example.com/p.png"], "scale": 2}),
+    "openai_videos": (
+        openai_videos,
+        {"model": "sora-2", "prompt": "a cat", "seconds": "4", "size": "720x1280"},
+    ),
+    "native": (
+        native,
+        {"model": "sandbox-video", "operation": "text_to_video", "prompt": "a cat", "seconds": 4},
+    ),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fill(url: str, n: int) -> tuple[str, dict[str, list[str]]]:
@@ -162,18 +159,9 @@ def status_path(name: str, public_id: str) -> str:
         "pika": f"/pika/feed/{public_id}",
         "unified_video": f"/v1/video/query?id={public_id}",
         "faceswap": f"/getTaskInfo?promptId={public_id}",
+        "openai_videos": f"/v1/videos/{public_id}",
+        "native": f"/v1/tasks/{public_id}",
     }[name]
-
-
-def wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 LUA = """
@@ -186,69 +174,27 @@ end
 """
 
 
-@dataclass
-class Result:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-
-
-def parse_wrk(out: str) -> Result:
-    def latency(label: str) -> float:
-        m = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)", out)
-        if not m:
-            return float("nan")
-        value, unit = float(m.group(1)), m.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if errors:
-        raise RuntimeError(f"wrk saw errors: {errors.group(0)}\n{out}")
-    return Result(float(rps.group(1)) if rps else 0.0, latency("50"), latency("99"))
-
-
-def run_wrk(base: str, script: Path, args: argparse.Namespace) -> Result:
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t",
-            str(args.threads),
-            "-c",
-            str(args.connections),
-            "-d",
-            f"{args.duration}s",
-            "--latency",
-            "-s",
-            str(script),
-            base,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=args.duration + 30,
-        check=True,
-    ).stdout
-    return parse_wrk(out)
+def mean(results: list[WrkResult], attr: str) -> float:
+    return sum(float(getattr(r, attr)) for r in results) / len(results)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--tasks", type=int, default=100_000, help="finished tasks in the store")
+    parser.add_argument("--tasks", type=int, default=1_000_000, help="finished tasks in the store")
     parser.add_argument("--sample", type=int, default=1000, help="distinct tasks queried per dialect")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per dialect")
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--connections", default="64,256", help="wrk connection counts to run")
+    parser.add_argument("--server", default="granian", choices=["granian", "uvicorn"])
+    parser.add_argument("--dialects", default=",".join(SAMPLES))
     args = parser.parse_args()
-    for tool in ("wrk", "nginx"):
-        if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
-            sys.exit(f"{tool} is needed: apt-get install {tool}")
+    need_tools("wrk", "nginx")
 
     work = Path(tempfile.mkdtemp(prefix="mr-bench-"))
-    work.chmod(0o755)  # nginx's worker runs as an unprivileged user and must read the static files
     procs: list[subprocess.Popen[bytes]] = []
+    nginx = None
     try:
         data = work / "data"
         started = time.monotonic()
@@ -256,7 +202,8 @@ def main() -> None:
         print(f"filled {args.tasks} finished tasks in {time.monotonic() - started:.1f}s", flush=True)
 
         port = free_port()
-        env = {**os.environ, "MEDIARELAY_ACCESS_LOG": "false", "MEDIARELAY_SANDBOX__ENABLED": "true"}
+        env = {**os.environ, "MEDIARELAY_ACCESS_LOG": "false", "MEDIARELAY_SERVER": args.server}
+        env.pop("MEDIARELAY_CONFIG", None)
         procs.append(
             subprocess.Popen(
                 [str(BIN), "serve", "--port", str(port), "--data-dir", str(data)],
@@ -266,7 +213,7 @@ def main() -> None:
             )
         )
         base = f"http://127.0.0.1:{port}"
-        wait_http(base + "/healthz")
+        wait_http(base + "/healthz", timeout=120)
 
         # The very same bytes, one file per task, for nginx.
         root = work / "static"
@@ -274,33 +221,24 @@ def main() -> None:
         rng = random.Random(7)
         picked: dict[str, list[str]] = {}
         with httpx.Client(base_url=base, headers=headers) as client:
-            for name, public_ids in ids.items():
-                picked[name] = rng.sample(public_ids, min(args.sample, len(public_ids)))
+            for name in args.dialects.split(","):
+                picked[name] = rng.sample(ids[name], min(args.sample, len(ids[name])))
                 for i, public_id in enumerate(picked[name]):
                     r = client.get(status_path(name, public_id))
                     r.raise_for_status()
                     target = root / name / f"{i}.json"
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(r.content)
-
-        nginx_port = free_port()
-        conf = work / "nginx.conf"
-        conf.write_text(
-            f"worker_processes 1; pid {work}/nginx.pid; error_log {work}/nginx-error.log; daemon off;\n"
-            "events { worker_connections 4096; }\n"
-            f"http {{ access_log off; default_type application/json; server {{ listen 127.0.0.1:{nginx_port};"
-            f" root {root}; location / {{ }} }} }}\n"
-        )
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        procs.append(subprocess.Popen([nginx, "-c", str(conf), "-p", str(work)], stderr=subprocess.DEVNULL))
-        wait_http(f"http://127.0.0.1:{nginx_port}/")
+        nginx = start_nginx(work, root=root)
 
         print(
-            f"\nwrk -t{args.threads} -c{args.connections} -d{args.duration}s, {args.rounds} interleaved"
-            f" rounds, {args.sample} random tasks per dialect, {args.tasks} tasks in the store\n"
+            f"\nwrk -t1 -d{args.duration}s, {args.rounds} interleaved rounds, {args.sample} random tasks per"
+            f" dialect, {args.tasks} tasks in the store, mediarelay on {args.server}\n"
         )
-        print("| endpoint | mediarelay req/s | p50 / p99 ms | nginx req/s | p50 / p99 ms | ratio |")
-        print("|---|---|---|---|---|---|")
+        print(
+            "| endpoint | conns | mediarelay req/s | p50 / p99 ms | nginx req/s | p50 / p99 ms | ratio | p99 ratio |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
         for name in picked:
             mr_paths = ", ".join(f'"{status_path(name, p)}"' for p in picked[name])
             ng_paths = ", ".join(f'"/{name}/{i}.json"' for i in range(len(picked[name])))
@@ -308,20 +246,25 @@ def main() -> None:
             mr_script.write_text(LUA % (mr_paths, f'headers["Authorization"] = "Bearer {secret}"'))
             ng_script = work / f"{name}-nginx.lua"
             ng_script.write_text(LUA % (ng_paths, ""))
-            mr: list[Result] = []
-            ng: list[Result] = []
-            for _ in range(args.rounds):
-                ng.append(run_wrk(f"http://127.0.0.1:{nginx_port}", ng_script, args))
-                mr.append(run_wrk(base, mr_script, args))
-            m_rps = sum(r.rps for r in mr) / len(mr)
-            n_rps = sum(r.rps for r in ng) / len(ng)
-            endpoint = status_path(name, "{id}").split("?")[0]
-            print(
-                f"| {endpoint} | {m_rps:,.0f} | {mr[-1].p50_ms:.2f} / {mr[-1].p99_ms:.2f}"
-                f" | {n_rps:,.0f} | {ng[-1].p50_ms:.2f} / {ng[-1].p99_ms:.2f} | {m_rps / n_rps:.2f} |",
-                flush=True,
-            )
+            for conns in (int(c) for c in args.connections.split(",")):
+                mr: list[WrkResult] = []
+                ng: list[WrkResult] = []
+                for _ in range(args.rounds):
+                    ng.append(wrk(nginx.base, conns, args.duration, ng_script))
+                    mr.append(wrk(base, conns, args.duration, mr_script))
+                bad = sum(r.errors for r in mr + ng)
+                m_rps, n_rps = mean(mr, "rps"), mean(ng, "rps")
+                m_p99, n_p99 = mean(mr, "p99"), mean(ng, "p99")
+                endpoint = status_path(name, "{id}").split("?")[0]
+                print(
+                    f"| {endpoint} | {conns} | {m_rps:,.0f} | {mean(mr, 'p50'):.2f} / {m_p99:.2f}"
+                    f" | {n_rps:,.0f} | {mean(ng, 'p50'):.2f} / {n_p99:.2f} | {m_rps / n_rps:.2f}"
+                    f" | {m_p99 / n_p99:.2f} |" + (f" ({bad} errors)" if bad else ""),
+                    flush=True,
+                )
     finally:
+        if nginx is not None:
+            nginx.stop()
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
         for proc in procs:

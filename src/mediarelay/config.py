@@ -25,6 +25,9 @@ from mediarelay.channels.base import ChannelConfig
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 ENV_REF = re.compile(r"^env:[A-Za-z_][A-Za-z0-9_]*$")
+SECRET_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# An admin-API channel's stored secret (encrypted in the database: mediarelay/secrets.py, docs/security.md).
+SECRET_REF = re.compile(r"^secret:[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def http_url(value: str | None) -> str | None:
@@ -68,10 +71,11 @@ class ChannelSettings(BaseModel):
     @classmethod
     def _env_refs(cls, value: list[str]) -> list[str]:
         for i, ref in enumerate(value):
-            if not ENV_REF.match(ref):  # never echo it: it may be a secret pasted by mistake
+            if not (ENV_REF.match(ref) or SECRET_REF.match(ref)):  # never echo it: it may be a secret
                 raise ValueError(
-                    f"entry {i} is not an environment reference like 'env:VENDOR_KEY' "
-                    "(secrets are never stored in the configuration)"
+                    f"entry {i} is not an environment reference like 'env:VENDOR_KEY' (or, for channels "
+                    "of the admin API, 'secret:LABEL' naming one of its `secrets`); secrets are never "
+                    "written into the configuration"
                 )
         return value
 
@@ -176,6 +180,17 @@ class BillingSettings(BaseModel):
     idempotency_hours: float = Field(default=24.0, ge=24)  # how long an Idempotency-Key is remembered
 
 
+class RetentionSettings(BaseModel):
+    """How long finished work is kept (docs/operations.md#retention); None keeps it forever.
+
+    Ages count from a task's `finished_at`; active tasks and the billing ledger are never touched."""
+
+    files_days: float | None = Field(default=None, gt=0)  # result files of finished tasks
+    tasks_days: float | None = Field(default=None, gt=0)  # finished top-level tasks with all their rows
+    interval_seconds: float = Field(default=3600.0, gt=0)  # between cleanup passes, per worker
+    batch: int = Field(default=500, ge=1)  # tasks per transaction
+
+
 class S3Settings(BaseModel):
     """An S3-compatible bucket for result files (docs/storage.md); used when `storage.backend = "s3"`."""
 
@@ -235,17 +250,29 @@ class Settings(BaseSettings):
     public_base_url: str | None = None
     max_body_bytes: int = 10 * 1024 * 1024
     access_log: bool = True  # one log line per request; off for load tests and log-shipping setups
+    # Log lines as text, or one JSON object per line (time, level, logger, message, request_id, task_id).
+    log_format: Literal["text", "json"] = "text"
+    # Fernet key(s) encrypting stored upstream secrets, comma-separated (the first encrypts, all decrypt);
+    # unset: <data_dir>/master.key, generated on the first embedded start (docs/security.md).
+    master_key: str | None = Field(default=None, repr=False)
+    # The HTTP server: granian (Rust, in this process; the faster one) or uvicorn (uvloop + httptools).
+    server: Literal["granian", "uvicorn"] = "granian"
     workers: int = 32  # concurrent engine steps per node (in-process driver or job worker)
     # Where background steps run: "inprocess" (the task table is the queue; one node), "procrastinate"
     # (jobs on PostgreSQL; any number of API nodes and workers), "auto": procrastinate on PostgreSQL.
     queue: Literal["auto", "inprocess", "procrastinate"] = "auto"
-    finalize_concurrency: int = 2  # media work is CPU-bound: keep it below the core count
+    # Sandbox encodes at once (and probes/previews too when media_processes is 0): CPU-bound, keep it
+    # below the core count.
+    finalize_concurrency: int = 2
+    # Processes probing results and making their previews (0: threads of the server process instead).
+    media_processes: int = Field(default=1, ge=0, le=64)
     sandbox: SandboxSettings = SandboxSettings()
     webhooks: WebhookSettings = WebhookSettings()
     channels: list[ChannelSettings] = []
     fetch: FetchSettings = FetchSettings()
     billing: BillingSettings = BillingSettings()
     storage: StorageSettings = StorageSettings()
+    retention: RetentionSettings = RetentionSettings()
     prices: list[PriceRule] = []  # first match wins; the admin API may replace the table
 
     @classmethod

@@ -100,6 +100,21 @@ def invalid(message: str, param: str | None = None) -> MediarelayError:
     return MediarelayError(ErrorKind.INVALID_REQUEST, message, param=param)
 
 
+NUL_MESSAGE = "text must not contain NUL (\\u0000) characters"
+
+
+def contains_nul(value: Any) -> bool:
+    """Whether a string anywhere in parsed JSON-like input holds a NUL character. [MR] PostgreSQL's text
+    and JSONB cannot store one, so every backend refuses it at the door: one behaviour, never a 500."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(contains_nul(k) or contains_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(contains_nul(v) for v in value)
+    return False
+
+
 def not_found(message: str = "task not found") -> MediarelayError:
     return MediarelayError(ErrorKind.NOT_FOUND, message)
 

@@ -24,9 +24,10 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import imageio_ffmpeg
@@ -35,6 +36,7 @@ from PIL import Image, ImageChops, ImageDraw, ImageFont, ImageOps
 __all__ = [
     "MIME",
     "MediaInfo",
+    "Runner",
     "Sheet",
     "Still",
     "make_image",
@@ -46,6 +48,9 @@ __all__ = [
     "probe",
     "sniff",
 ]
+
+# Runs a blocking function with its arguments, e.g. `asyncio.to_thread` or a process pool's `run`.
+Runner = Callable[..., Awaitable[Any]]
 
 MIME = {
     "mp4": "video/mp4",
@@ -181,11 +186,12 @@ class Sheet:
 
 
 async def make_video_previews(
-    video: Path, *, stills: Sequence[Still] = (), sheet: Sheet | None = None
+    video: Path, *, stills: Sequence[Still] = (), sheet: Sheet | None = None, run: Runner = asyncio.to_thread
 ) -> list[tuple[int, int]]:
     """Every preview of one video from a single decode: the ``stills`` (all of the frame about a third
     in, as `make_poster`) and the sprite ``sheet`` (as `make_spritesheet`). Returns the written
-    (width, height) of each, stills first, then the sheet."""
+    (width, height) of each, stills first, then the sheet. ``run`` runs the decode (a thread by
+    default; the engine passes its media process pool)."""
     checked = [
         Still(Path(s.dest), _image_format(s.fmt, allowed=("JPEG", "WEBP", "PNG")), s.max_side) for s in stills
     ]
@@ -199,7 +205,8 @@ async def make_video_previews(
         )
     if not checked and sheet is None:
         return []
-    return await asyncio.to_thread(_video_previews_sync, Path(video), checked, sheet)
+    sizes: list[tuple[int, int]] = await run(_video_previews_sync, Path(video), checked, sheet)
+    return sizes
 
 
 async def make_spritesheet(
@@ -218,13 +225,14 @@ async def make_spritesheet(
 
 
 async def make_thumbnail(
-    image: Path, dest: Path, *, fmt: str = "WEBP", max_side: int = 320
+    image: Path, dest: Path, *, fmt: str = "WEBP", max_side: int = 320, run: Runner = asyncio.to_thread
 ) -> tuple[int, int]:
     """Scale an image down (never up, aspect kept) into ``fmt`` for previews; returns (width, height)."""
     pil_fmt = _image_format(fmt, allowed=("WEBP", "JPEG", "PNG"))
     if max_side <= 0:
         raise ValueError(f"max_side must be positive, got {max_side}")
-    return await asyncio.to_thread(_make_thumbnail_sync, Path(image), Path(dest), pil_fmt, max_side)
+    size: tuple[int, int] = await run(_make_thumbnail_sync, Path(image), Path(dest), pil_fmt, max_side)
+    return size
 
 
 # What a result file really is, by its first bytes: (role, extension). Upstream names and Content-Types lie.

@@ -14,6 +14,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mediarelay.api.status import StatusService
 from mediarelay.dialects.base import Dialect
 
+ROUTE_KEY = "mediarelay.route"  # scope key: the route template of a request answered here (for /metrics)
+
 
 class FastStatus:
     def __init__(self, app: ASGIApp, status: StatusService, dialects: Sequence[Dialect]) -> None:
@@ -53,6 +55,7 @@ class FastStatus:
             await self.app(scope, receive, send)
             return
         dialect, public_id, wait = found
+        scope[ROUTE_KEY] = dialect.status_path
         authorization = if_none_match = None
         for name, value in scope["headers"]:
             if name == b"authorization":

@@ -71,7 +71,7 @@ class StatusService:
         deadline = time.monotonic() + seconds
         while not view.status.terminal and view.etag in reference:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self.views.draining:
                 break
             await self.views.wait_change(view.task_id, view.version, remaining)
             newer = self._current(dialect, view)

@@ -47,7 +47,8 @@ class ViewCache:
         self._views: dict[str, View] = {}  # public id -> the task in its own dialect
         self._natives: dict[str, View] = {}  # task id -> the native view
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
-        self._subscribers: dict[str, set[asyncio.Queue[View]]] = {}
+        self._subscribers: dict[str, set[asyncio.Queue[View | None]]] = {}
+        self.draining = False  # shutting down: waits and streams end at once
 
     def url(self, asset: Asset) -> str:
         return f"{self.base_url}/files/{asset.key}"
@@ -157,6 +158,18 @@ class ViewCache:
                 if not waiter.done():
                     waiter.set_result(None)
 
+    def drain(self) -> None:
+        """The node is shutting down (SIGTERM): end every long-poll and event stream now with the state
+        it has, so that in-flight requests finish; clients ask again (streams with `Last-Event-ID`)."""
+        self.draining = True
+        for task_id in list(self._waiters):
+            for waiter in self._waiters.pop(task_id, ()):
+                if not waiter.done():
+                    waiter.set_result(None)
+        for queues in self._subscribers.values():
+            for queue in queues:
+                queue.put_nowait(None)
+
     def drop(self, public_id: str) -> None:
         own = self._views.pop(public_id, None)
         if own is not None:
@@ -166,6 +179,8 @@ class ViewCache:
 
     async def wait_change(self, task_id: str, version: int, timeout: float) -> None:
         """Return as soon as the task has a version newer than `version`, or after `timeout` seconds."""
+        if self.draining:
+            return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(task_id, set()).add(future)
         try:
@@ -182,13 +197,14 @@ class ViewCache:
                 if not waiters:
                     self._waiters.pop(task_id, None)
 
-    def subscribe(self, task_id: str) -> asyncio.Queue[View]:
-        """Every later native view of the task, in version order, until `unsubscribe`."""
-        queue: asyncio.Queue[View] = asyncio.Queue()
+    def subscribe(self, task_id: str) -> asyncio.Queue[View | None]:
+        """Every later native view of the task, in version order, until `unsubscribe`; None when the
+        node drains."""
+        queue: asyncio.Queue[View | None] = asyncio.Queue()
         self._subscribers.setdefault(task_id, set()).add(queue)
         return queue
 
-    def unsubscribe(self, task_id: str, queue: asyncio.Queue[View]) -> None:
+    def unsubscribe(self, task_id: str, queue: asyncio.Queue[View | None]) -> None:
         queues = self._subscribers.get(task_id)
         if queues is not None:
             queues.discard(queue)

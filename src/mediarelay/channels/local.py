@@ -26,7 +26,7 @@ from mediarelay.channels.base import ChannelConfig, ChannelDeps, Output, PollRes
 from mediarelay.domain import Operation, Status, Task, TaskError
 from mediarelay.netguard import Blocked, TooLarge, Unresolvable
 from mediarelay.processing import jobs, missing_extra
-from mediarelay.processing.pool import BrokenProcessPool, WorkerPool
+from mediarelay.processing.pool import BrokenProcessPool, WorkerPool, opencv_setup
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,9 @@ class LocalChannel:
         key = (config.name, str(work_dir))
         runtime = _RUNTIMES.get(key)
         if runtime is None:
-            runtime = _RUNTIMES[key] = Runtime(work_dir=work_dir, pool=WorkerPool(workers))
+            runtime = _RUNTIMES[key] = Runtime(
+                work_dir=work_dir, pool=WorkerPool(workers, setup=opencv_setup)
+            )
         runtime.pool.resize(workers)
         self.runtime = runtime
 

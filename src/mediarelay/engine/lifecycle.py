@@ -10,20 +10,24 @@ a result visible.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from mediarelay import media
+from mediarelay import logs, media
 from mediarelay.channels.base import Channel, Output, PollResult
 from mediarelay.channels.registry import ChannelSet
 from mediarelay.domain import Status, Task, TaskError, TaskSpec, now_ms
-from mediarelay.engine.cadence import ENDGAME_PROGRESS, FAST, next_poll_delay, retry_backoff
+from mediarelay.engine.cadence import BLIND, ENDGAME_PROGRESS, FAST, next_poll_delay, retry_backoff
 from mediarelay.engine.dispatch import Dispatcher
+from mediarelay.engine.submits import SubmitBatcher
+from mediarelay.processing.pool import BrokenProcessPool, WorkerPool
 from mediarelay.storage.base import Storage
 from mediarelay.store.channels import ChannelRepo
+from mediarelay.store.groupcommit import GroupCommit
 from mediarelay.store.tasks import Idempotency, NewAsset, TaskRepo
 
 log = logging.getLogger("mediarelay.engine")
@@ -53,6 +57,7 @@ class Engine:
         storage: Storage,
         *,
         finalize_concurrency: int = 2,
+        media_processes: int = 1,
         claims: ChannelRepo | None = None,
     ) -> None:
         self.repo = repo
@@ -62,8 +67,24 @@ class Engine:
         self.dispatcher = Dispatcher(self)
         self._background: set[asyncio.Task[None]] = set()  # upstream cancels under way
         self.listeners: list[Listener] = []
+        self.submits = SubmitBatcher(repo)  # group commit of concurrent submits
+        self.commits = GroupCommit(repo.db)  # …and of the steps' writes
         self.wakers: list[Callable[[], None]] = []
         self._finalize_slots = asyncio.Semaphore(finalize_concurrency)
+        # Probing and previews decode untrusted media: in worker processes (started on first use), they
+        # neither hold this process's GIL (status answers and polls go on) nor take it down if they crash.
+        # At the server's priority: how soon a finished task is visible depends on them.
+        self.media_pool = WorkerPool(media_processes, nice=0) if media_processes > 0 else None
+        self._media: media.Runner = self.media_pool.run if self.media_pool is not None else asyncio.to_thread
+
+    def _media_slot(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Bound media work in this process's threads; worker processes bound it themselves (their queue)."""
+        return self._finalize_slots if self.media_pool is None else contextlib.nullcontext()
+
+    def close(self) -> None:
+        """Stop the media worker processes (steps under way are resumed after a restart)."""
+        if self.media_pool is not None:
+            self.media_pool.shutdown()
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -75,12 +96,17 @@ class Engine:
                 log.exception("task listener failed for %s", task.id)
 
     async def _write(self, task: Task, **changes: Any) -> Task | None:
-        new = await asyncio.to_thread(self.repo.update, task, **changes)
+        new = await self.commits.run(lambda conn: self.repo.update_in(conn, task, **changes))
         if new is not None:
+            if new.status is Status.FAILED and task.status is not Status.FAILED:
+                log.info("task failed: %s: %s", new.error_code, new.error_message, extra={"task_id": new.id})
             await self._emit(new)
             if new.parent_id is not None:
                 await self._child_changed(new.parent_id)
         return new
+
+    async def _schedule(self, task: Task, next_run_at: int) -> None:
+        await self.commits.run(lambda conn: self.repo.schedule_in(conn, task, next_run_at))
 
     async def _child_changed(self, parent_id: str) -> None:
         """An active parent is re-aggregated by the driver (the update woke it); a finished one only
@@ -100,12 +126,17 @@ class Engine:
     async def submit(self, spec: TaskSpec, key_id: str, *, idempotency: Idempotency | None = None) -> Task:
         """Store the task durably (and charge it, in the same transaction), then let the driver take it;
         returns the stored task, or the original one for a repeated `Idempotency-Key`."""
-        task, created = await asyncio.to_thread(self.repo.create_once, spec, key_id, idempotency)
+        if spec.children:
+            task, created = await asyncio.to_thread(self.repo.create_once, spec, key_id, idempotency)
+        else:
+            task, created = await self.submits.create(spec, key_id, idempotency)
         if not created:
             return task
+        log.info("task accepted: %s %s", task.operation.value, task.model, extra={"task_id": task.id})
         await self._emit(task)
-        for child in await asyncio.to_thread(self.repo.children, task.id):
-            await self._emit(child)
+        if spec.children:
+            for child in await asyncio.to_thread(self.repo.children, task.id):
+                await self._emit(child)
         self._wake()
         return task
 
@@ -153,6 +184,13 @@ class Engine:
     async def step(self, task_id: str, task: Task | None = None) -> None:
         """Run the task's next step. `task` is the row as the caller has just read it (the embedded driver
         loads the due tasks in its scan); without it the step reads the row itself."""
+        token = logs.task_id.set(task_id)  # every log line of this step names the task
+        try:
+            await self._step(task_id, task)
+        finally:
+            logs.task_id.reset(token)
+
+    async def _step(self, task_id: str, task: Task | None) -> None:
         if task is None:
             task = await asyncio.to_thread(self.repo.get, task_id)
         if task is None or task.status.terminal:
@@ -170,7 +208,7 @@ class Engine:
                 await self._poll(task)
         except Exception:
             log.exception("step failed for task %s; retrying later", task.id)
-            await asyncio.to_thread(self.repo.schedule, task, now_ms() + int(retry_backoff(3) * 1000))
+            await self._schedule(task, now_ms() + int(retry_backoff(3) * 1000))
 
     def _deadline_at(self, task: Task) -> int | None:
         channel = self.channels.get(task.channel) if task.channel else None
@@ -213,6 +251,7 @@ class Engine:
             await self._fail(task, exc.code, exc.message)
             return
         health = self.channels.health_of(channel.config.name)
+        health.polls += 1  # exported by GET /metrics
         try:
             result = await channel.poll(task)
         except TaskError as exc:
@@ -253,10 +292,11 @@ class Engine:
                 except Exception:
                     log.exception("finalize failed for task %s; retrying later", task.id)
                     later = now_ms() + int(retry_backoff(3) * 1000)
-                    await asyncio.to_thread(self.repo.schedule, finalizing, later)
+                    await self._schedule(finalizing, later)
             return
         fast = float(channel.config.options.get("poll_fast_seconds", FAST))
-        delay = next_poll_delay(task, result, now, durations=health.durations, fast=fast)
+        blind = float(channel.config.options.get("poll_blind_seconds", BLIND))
+        delay = next_poll_delay(task, result, now, durations=health.durations, fast=fast, blind=blind)
         next_at = now + int(delay * 1000)
         if (deadline := self._deadline_at(task)) is not None:
             next_at = min(next_at, deadline + 1)  # a stuck task fails on time, not a poll interval late
@@ -277,7 +317,7 @@ class Engine:
         ):
             await self._write(task, status=status, progress=progress, next_run_at=next_at)
         else:
-            await asyncio.to_thread(self.repo.schedule, task, next_at)
+            await self._schedule(task, next_at)
 
     async def _finalize(self, task: Task) -> None:
         try:
@@ -297,6 +337,10 @@ class Engine:
                     stored.extend(await self._store_output(task, channel, output, provided))
         except TaskError as exc:
             await self._fetch_failed(task, channel, exc)
+            return
+        except BrokenProcessPool:  # this result (or another one in the pool with it) crashed the decoder
+            crash = TaskError("bad_output", "a media worker crashed reading the result", retryable=True)
+            await self._fetch_failed(task, channel, crash)
             return
         await self._write(
             task,
@@ -333,8 +377,11 @@ class Engine:
 
         What the file is comes from its bytes (not the upstream's name or Content-Type): its extension,
         role (video or image) and MIME type follow the content; anything else is refused. A download
-        waits for nothing; the CPU-bound part (making the sandbox's media, probing, previews) takes one
-        of the `finalize_concurrency` slots."""
+        waits for nothing. Making the sandbox's media takes one of the `finalize_concurrency` slots;
+        probing and previews queue at the media worker processes (or, without them, take a slot too:
+        they then run on this process's CPU). Holding a slot across the whole media stage would
+        serialise its thread hops and storage writes as well: with 2 slots that, not the CPU, was the
+        bottleneck at 3,000 concurrent tasks (docs/benchmarks.md)."""
         staging = self.storage.new_staging_path(f".{output.ext}")
         try:
             if getattr(channel, "generates_outputs", False):
@@ -348,7 +395,7 @@ class Engine:
         # Previews are made from the staging file, before it is stored (a remote store keeps no local copy).
         try:
             previews: dict[str, NewAsset] = {}
-            async with self._finalize_slots:
+            async with self._media_slot():
                 main = await self._process_output(task, output, staging)
                 if not any((role, main.index) in provided for role, _ in PREVIEWS[main.role]):
                     # Nothing to copy (every upstream but mediarelay): all previews in the same slot.
@@ -361,7 +408,7 @@ class Engine:
                     previews[role] = found
             missing = [(role, ext) for role, ext in PREVIEWS[main.role] if role not in previews]
             if missing:
-                async with self._finalize_slots:
+                async with self._media_slot():
                     for found in await self._derive_previews(task, main, missing, staging):
                         previews[found.role] = found
             size, sha = await asyncio.to_thread(self.storage.put, main.key, staging)
@@ -382,7 +429,7 @@ class Engine:
             with staging.open("rb") as fh:
                 if media.sniff(fh.read(64)) != ("image", ext):
                     return None
-            info = await asyncio.to_thread(media.probe, staging)
+            info = await self._media(media.probe, staging)
             key = f"{task.id}/{output.role}-{output.index}.{ext}"
             size, sha = await asyncio.to_thread(self.storage.put, key, staging)
         except ValueError:
@@ -415,7 +462,7 @@ class Engine:
             role=kind, mime=output.mime, ext=ext, index=output.index, url=output.url, spec=output.spec
         )
         try:
-            info = await asyncio.to_thread(media.probe, staging)
+            info = await self._media(media.probe, staging)
         except ValueError as exc:
             raise TaskError(
                 "bad_output",
@@ -444,7 +491,11 @@ class Engine:
         staged = {role: self.storage.new_staging_path(f".{ext}") for role, ext in wanted}
         try:
             if main.role == "image":
-                sizes = {"thumbnail": await media.make_thumbnail(source, staged["thumbnail"], fmt="JPEG")}
+                sizes = {
+                    "thumbnail": await media.make_thumbnail(
+                        source, staged["thumbnail"], fmt="JPEG", run=self._media
+                    )
+                }
             else:
                 roles = [role for role in VIDEO_STILLS if role in staged]
                 stills = [media.Still(staged[role], *VIDEO_STILLS[role]) for role in roles]
@@ -452,7 +503,7 @@ class Engine:
                 if "spritesheet" in staged:
                     sheet = media.Sheet(staged["spritesheet"], **SPRITESHEET)
                     roles.append("spritesheet")
-                made = await media.make_video_previews(source, stills=stills, sheet=sheet)
+                made = await media.make_video_previews(source, stills=stills, sheet=sheet, run=self._media)
                 sizes = dict(zip(roles, made, strict=True))
             keys = {role: f"{task.id}/{role}-{main.index}.{ext}" for role, ext in wanted}
             stored = await asyncio.to_thread(
@@ -507,4 +558,4 @@ class Engine:
             # cleared it again, and that wake does not bump the version: look again so it is not lost.
             again = await asyncio.to_thread(self.repo.children, parent.id)
             if [(k.id, k.version) for k in again] != [(k.id, k.version) for k in kids]:
-                await asyncio.to_thread(self.repo.schedule, new, now_ms())
+                await self._schedule(new, now_ms())

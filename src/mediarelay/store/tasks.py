@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Row, and_, delete, func, insert, select, text, update
+from sqlalchemy import Connection, Row, and_, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from ulid import ULID
 
@@ -16,7 +16,7 @@ from mediarelay.domain import Asset, ErrorKind, MediarelayError, Operation, Stat
 from mediarelay.store import ledger
 from mediarelay.store.changes import DELETED, publish
 from mediarelay.store.database import Database
-from mediarelay.store.schema import ACTIVE, assets, metadata, task_events, tasks
+from mediarelay.store.schema import ACTIVE, assets, metadata, task_charges, task_events, tasks
 from mediarelay.store.webhooks import enqueue_status_event
 
 ACTIVE_STATUSES = (Status.QUEUED.value, Status.RUNNING.value, Status.FINALIZING.value)
@@ -89,6 +89,14 @@ class StepQueue(Protocol):
     (`engine/jobs.py`), written in the transaction of the change that makes the step due."""
 
     def due(self, conn: Connection, task_id: str, at: int) -> None: ...
+
+    def webhook_due(self, conn: Connection, task_id: str, at: int) -> None:
+        """A webhook event of the task is due for delivery at `at` (ms)."""
+
+
+_INSERT_TASK = insert(tasks)
+_INSERT_EVENT = insert(task_events)
+_SELECT_TASK = select(tasks).where(tasks.c.id == bindparam("id"))
 
 
 def new_task_id() -> str:
@@ -216,6 +224,36 @@ class TaskRepo:
                 self._insert(conn, child_id, child, key_id, parent_id, now, runnable=True)
             return self._load(conn, [parent_id])[0], True
 
+    def create_batch(
+        self, items: Sequence[tuple[TaskSpec, str, Idempotency | None]]
+    ) -> list[tuple[Task, bool] | MediarelayError]:
+        """Several single-task submits in one transaction: one lock, one commit (group commit), which
+        is what makes durable submits cheap on SQLite. A submit refused by its own checks (limits, funds,
+        an idempotency conflict) is refused alone: its checks all run before it writes anything. Any
+        other error rolls the whole batch back and raises; the caller then submits one by one."""
+        now = now_ms()
+        out: list[tuple[Task, bool] | MediarelayError] = []
+        with self.db.write() as conn:
+            for spec, key_id, idem in items:
+                assert not spec.children, "fan-out submits go through create_once"
+                task_id = new_task_id()
+                try:
+                    if idem is not None and (original := self._replay(conn, key_id, idem, now)) is not None:
+                        out.append((original, False))
+                        continue
+                    if self.hooks is not None:  # checks first (they may refuse), then the writes
+                        self.hooks.created(conn, key_id, [(task_id, spec)], now)
+                except MediarelayError as exc:
+                    # A refused charge leaves its charge row (a lone submit rolls back): remove it.
+                    conn.execute(delete(task_charges).where(task_charges.c.task_id == task_id))
+                    out.append(exc)
+                    continue
+                if idem is not None:
+                    ledger.remember_idempotent(conn, key_id, idem.key, idem.fingerprint, task_id, now)
+                self._insert(conn, task_id, spec, key_id, None, now, runnable=True)
+                out.append((_task(conn.execute(_SELECT_TASK, {"id": task_id}).one()), True))  # no assets yet
+        return out
+
     def _insert(
         self,
         conn: Connection,
@@ -227,31 +265,32 @@ class TaskRepo:
         *,
         runnable: bool,
     ) -> None:
+        # Prebuilt statements with parameter dicts: compiled once, not rebuilt per submit (hot path).
         conn.execute(
-            insert(tasks).values(
-                id=task_id,
-                public_id=spec.public_id,
-                dialect=spec.dialect,
-                key_id=key_id,
-                parent_id=parent_id,
-                model=spec.model,
-                operation=spec.operation.value,
-                params=spec.params,
-                request=spec.request,
-                attempt=0,
+            _INSERT_TASK,
+            {
+                "id": task_id,
+                "public_id": spec.public_id,
+                "dialect": spec.dialect,
+                "key_id": key_id,
+                "parent_id": parent_id,
+                "model": spec.model,
+                "operation": spec.operation.value,
+                "params": spec.params,
+                "request": spec.request,
+                "attempt": 0,
                 # A fan-out parent does no work of its own: it is woken when a child changes.
-                next_run_at=now if runnable else None,
-                status=Status.QUEUED.value,
-                progress=0,
-                created_at=now,
-                updated_at=now,
-                version=1,
-            )
+                "next_run_at": now if runnable else None,
+                "status": Status.QUEUED.value,
+                "progress": 0,
+                "created_at": now,
+                "updated_at": now,
+                "version": 1,
+            },
         )
         conn.execute(
-            insert(task_events).values(
-                task_id=task_id, version=1, status=Status.QUEUED.value, progress=0, at=now
-            )
+            _INSERT_EVENT,
+            {"task_id": task_id, "version": 1, "status": Status.QUEUED.value, "progress": 0, "at": now},
         )
         if runnable:
             self._due(conn, task_id, now)
@@ -394,83 +433,98 @@ class TaskRepo:
         A status change writes an event row (and a webhook outbox row when the task has a callback URL);
         a child's change wakes its parent, in the same transaction.
         """
+        with self.db.write() as conn:
+            return self.update_in(conn, task, new_assets=new_assets, event_detail=event_detail, **changes)
+
+    def update_in(
+        self,
+        conn: Connection,
+        task: Task,
+        *,
+        new_assets: Sequence[NewAsset] = (),
+        event_detail: str | None = None,
+        **changes: Any,
+    ) -> Task | None:
+        """`update` inside a write transaction the caller holds (a group commit's)."""
         bad = set(changes) - MUTABLE
         if bad:
             raise ValueError(f"not mutable: {sorted(bad)}")
         now = now_ms()
         values = {k: (v.value if isinstance(v, Status) else v) for k, v in changes.items()}
         values.update(version=task.version + 1, updated_at=now)
-        with self.db.write() as conn:
-            result = conn.execute(
-                update(tasks)
-                .where(and_(tasks.c.id == task.id, tasks.c.version == task.version))
-                .values(**values)
+        result = conn.execute(
+            update(tasks).where(and_(tasks.c.id == task.id, tasks.c.version == task.version)).values(**values)
+        )
+        if result.rowcount != 1:
+            return None
+        status = values.get("status", task.status.value)
+        if status != task.status.value:
+            conn.execute(
+                insert(task_events).values(
+                    task_id=task.id,
+                    version=task.version + 1,
+                    status=status,
+                    progress=values.get("progress", task.progress),
+                    detail=event_detail,
+                    at=now,
+                )
             )
-            if result.rowcount != 1:
-                return None
-            status = values.get("status", task.status.value)
-            if status != task.status.value:
-                conn.execute(
-                    insert(task_events).values(
-                        task_id=task.id,
-                        version=task.version + 1,
-                        status=status,
-                        progress=values.get("progress", task.progress),
-                        detail=event_detail,
-                        at=now,
-                    )
+            # The webhook outbox row commits (or not) with the change it reports.
+            if enqueue_status_event(conn, task, status, task.version + 1, now) and self.queue:
+                self.queue.webhook_due(conn, task.id, now)
+            if self.hooks is not None and Status(status).terminal:
+                # Money moves with the change that causes it: refund, or settle on success.
+                before = replace(task, channel=values.get("channel", task.channel))
+                self.hooks.finished(conn, before, Status(status), [*task.assets, *new_assets], now)
+        for a in new_assets:
+            conn.execute(
+                insert(assets).values(
+                    task_id=task.id,
+                    role=a.role,
+                    idx=a.index,
+                    key=a.key,
+                    mime=a.mime,
+                    bytes=a.bytes,
+                    sha256=a.sha256,
+                    width=a.width,
+                    height=a.height,
+                    duration=a.duration,
+                    created_at=now,
                 )
-                # The webhook outbox row commits (or not) with the change it reports.
-                enqueue_status_event(conn, task, status, task.version + 1, now)
-                if self.hooks is not None and Status(status).terminal:
-                    # Money moves with the change that causes it: refund, or settle on success.
-                    before = replace(task, channel=values.get("channel", task.channel))
-                    self.hooks.finished(conn, before, Status(status), [*task.assets, *new_assets], now)
-            for a in new_assets:
-                conn.execute(
-                    insert(assets).values(
-                        task_id=task.id,
-                        role=a.role,
-                        idx=a.index,
-                        key=a.key,
-                        mime=a.mime,
-                        bytes=a.bytes,
-                        sha256=a.sha256,
-                        width=a.width,
-                        height=a.height,
-                        duration=a.duration,
-                        created_at=now,
-                    )
-                )
-            if task.parent_id is not None:
-                woken = conn.execute(
-                    update(tasks)
-                    .where(tasks.c.id == task.parent_id, tasks.c.status.in_(ACTIVE_STATUSES))
-                    .values(next_run_at=now)
-                )
-                if woken.rowcount:
-                    self._due(conn, task.parent_id, now)
-            if values.get("next_run_at") is not None and not Status(status).terminal:
-                self._due(conn, task.id, int(values["next_run_at"]))
-            if self.announce:
-                publish(conn, task.id, task.version + 1)
-            if new_assets:
-                return self._load(conn, [task.id])[0]  # the assets' ids come from the database
-            # Nothing else in this transaction changes the row: the new task is the old one plus `changes`
-            # (one read less on every progress write).
-            fields: dict[str, Any] = {k: Status(v) if k == "status" else v for k, v in changes.items()}
-            return replace(task, **fields, version=task.version + 1, updated_at=now)
+            )
+        if task.parent_id is not None:
+            woken = conn.execute(
+                update(tasks)
+                .where(tasks.c.id == task.parent_id, tasks.c.status.in_(ACTIVE_STATUSES))
+                .values(next_run_at=now)
+            )
+            if woken.rowcount:
+                self._due(conn, task.parent_id, now)
+        if values.get("next_run_at") is not None and not Status(status).terminal:
+            self._due(conn, task.id, int(values["next_run_at"]))
+        if self.announce:
+            publish(conn, task.id, task.version + 1)
+        if new_assets:
+            return self._load(conn, [task.id])[0]  # the assets' ids come from the database
+        # Nothing else in this transaction changes the row: the new task is the old one plus `changes`
+        # (one read less on every progress write).
+        fields: dict[str, Any] = {k: Status(v) if k == "status" else v for k, v in changes.items()}
+        return replace(task, **fields, version=task.version + 1, updated_at=now)
 
     def schedule(self, task: Task, next_run_at: int) -> None:
         """Move a task's next step without a state change (no version bump: nothing visible changed)."""
         with self.db.write() as conn:
-            moved = conn.execute(
-                update(tasks)
-                .where(tasks.c.id == task.id, tasks.c.version == task.version)
-                .values(next_run_at=next_run_at)
-            )
-            if moved.rowcount:
-                self._due(conn, task.id, next_run_at)
+            self.schedule_in(conn, task, next_run_at)
+
+    def schedule_in(self, conn: Connection, task: Task, next_run_at: int) -> None:
+        """`schedule` inside a write transaction the caller holds."""
+        moved = conn.execute(
+            update(tasks)
+            .where(tasks.c.id == task.id, tasks.c.version == task.version)
+            .values(next_run_at=next_run_at)
+        )
+        if moved.rowcount:
+            self._due(conn, task.id, next_run_at)
 
     def delete(self, task: Task) -> list[Task]:
         """Remove a task and its children with every row that refers to them (assets, events, and any
