@@ -125,8 +125,8 @@ def test_the_deployment_guide_works_as_written(cluster: Cluster, tmp_path: Path)
                 proc.kill()
     # Every process stopped cleanly on SIGTERM (uvicorn re-raises the signal once it has shut down).
     assert all(p.returncode in (0, -signal.SIGTERM) for p in procs), [(p.args, p.returncode) for p in procs]
-    for name in ("api1", "api2"):
-        assert "Application shutdown complete" in (logs / f"{name}.log").read_text()
+    for name in ("api1", "api2", "worker"):
+        assert "mediarelay stopped" in (logs / f"{name}.log").read_text(), name  # the lifespan's end ran
 
 
 def _health(base: str) -> bool:

@@ -1,7 +1,7 @@
 """Scaled out: two API nodes (`serve --no-worker`) and two workers (`mediarelay worker`) on one private
 PostgreSQL, 2,000 sandbox tasks submitted through both nodes while a worker and an API node are killed
-with SIGKILL and PostgreSQL is restarted. Every task finishes exactly once, every client sees its result
-through the node it used, no job is left behind and every key's books balance."""
+with SIGKILL and PostgreSQL is restarted, each at a random moment (seeded: MEDIARELAY_CHAOS_SEED). Every
+task finishes exactly once, every client sees its result through the node it used, no job is left behind and every key's books balance."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import random
-import subprocess
 import threading
 import time
 import uuid
@@ -21,18 +20,18 @@ import httpx
 import pytest
 
 from conftest import (
-    BIN,
     FAST_SANDBOX,
     Server,
+    Worker,
     assert_books_balance,
     free_port,
-    kill_process,
-    stop_process,
     wait_until,
 )
 from scale.pgcluster import Cluster, private_cluster
+from scale.retrying import post_until_accepted
 
 TASKS = 2000
+SEED = int(os.environ.get("MEDIARELAY_CHAOS_SEED", "20261121"))
 PRICES = [{"model": "*", "per_task": 1000}]
 
 
@@ -61,25 +60,6 @@ def node_env(cluster: Cluster) -> dict[str, str]:
     return env
 
 
-class Worker:
-    def __init__(self, data: Path, env: dict[str, str], name: str) -> None:
-        self.data, self.env, self.name = data, env, name
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Worker:
-        log = (self.data.parent / f"{self.name}.log").open("ab")
-        self.proc = subprocess.Popen(
-            [str(BIN), "worker", "--data-dir", str(self.data)], stdout=log, stderr=log, env=self.env
-        )
-        return self
-
-    def kill(self) -> None:
-        kill_process(self.proc)
-
-    def stop(self) -> None:
-        stop_process(self.proc, 20)
-
-
 def body(i: int) -> dict[str, object]:
     if i % 10 == 0:  # some real videos, most small images: 2 cores have to encode all of it
         return {"model": "sandbox-video", "operation": "text_to_video", "prompt": f"clip {i}",
@@ -98,25 +78,15 @@ async def submit_all(nodes: list[Server], key: str) -> list[tuple[str, int]]:
         while queue:
             i = queue.pop()
             idem = f"scale-{i}-{uuid.uuid4().hex}"
-            for attempt in range(200):
-                node = (i + attempt) % len(nodes)
-                try:
-                    r = await client.post(
-                        f"{nodes[node].base_url}/v1/tasks",
-                        json=body(i),
-                        headers={"Authorization": f"Bearer {key}", "Idempotency-Key": idem},
-                    )
-                except httpx.TransportError:
-                    await asyncio.sleep(0.2)
-                    continue
-                if r.status_code >= 500:
-                    await asyncio.sleep(0.2)
-                    continue
-                assert r.status_code == 200, r.text
-                made.append((r.json()["id"], node))
-                break
-            else:
-                raise AssertionError(f"task {i} was never accepted")
+            attempt, r = await post_until_accepted(
+                client,
+                lambda a, i=i: f"{nodes[(i + a) % len(nodes)].base_url}/v1/tasks",
+                body(i),
+                {"Authorization": f"Bearer {key}", "Idempotency-Key": idem},
+                attempts=200,
+                pause=0.2,
+            )
+            made.append((r.json()["id"], (i + attempt) % len(nodes)))
 
     async with httpx.AsyncClient(timeout=30) as client:
         await asyncio.gather(*(submitter(client) for _ in range(16)))
@@ -143,27 +113,30 @@ def test_two_api_nodes_two_workers_survive_kills_and_a_database_restart(
 
         chaos_log: list[str] = []
 
+        # Random moments (by progress, so that each lands while work is in flight): seeded for replay.
+        at = sorted(random.Random(SEED).sample(range(TASKS // 20, TASKS * 7 // 10), 3))
+
         def chaos() -> None:
-            wait_until(succeeded, lambda n: n >= 300, timeout=300, every=0.1)
+            wait_until(succeeded, lambda n: n >= at[0], timeout=600, every=0.1)
             workers[0].kill()
             chaos_log.append(f"worker-1 killed at {succeeded()}")
-            wait_until(succeeded, lambda n: n >= 700, timeout=300, every=0.1)
+            wait_until(succeeded, lambda n: n >= at[1], timeout=600, every=0.1)
             api2.kill()
             chaos_log.append(f"api-2 killed at {succeeded()}")
             time.sleep(1)
             api2.start()
-            wait_until(succeeded, lambda n: n >= 1100, timeout=300, every=0.1)
+            wait_until(succeeded, lambda n: n >= at[2], timeout=600, every=0.1)
             cluster.restart()
             chaos_log.append(f"PostgreSQL restarted at {succeeded()}")
 
         chaos_thread = threading.Thread(target=chaos, daemon=True)
         chaos_thread.start()
         made = asyncio.run(submit_all(nodes, key))
-        chaos_thread.join(300)
-        assert len(chaos_log) == 3, chaos_log
+        chaos_thread.join(900)
+        assert len(chaos_log) == 3, (at, chaos_log)
         assert len(made) == TASKS and len({task_id for task_id, _ in made}) == TASKS
 
-        wait_until(succeeded, lambda n: n >= TASKS, timeout=300, every=0.5)
+        wait_until(succeeded, lambda n: n >= TASKS, timeout=900, every=0.5)
 
         # Every client sees its result through the node it submitted to; some files are downloaded.
         sample = set(random.Random(7).sample(range(TASKS), 60))
@@ -184,8 +157,12 @@ def test_two_api_nodes_two_workers_survive_kills_and_a_database_restart(
     # Exactly once: one 'succeeded' transition per task, one set of files, nothing failed or pending.
     ids = {task_id for task_id, _ in made}
     assert dict(api1.rows("select status, count(*) from tasks group by status")) == {"succeeded": TASKS}
-    done = dict(api1.rows("select task_id, count(*) from task_events where status='succeeded' group by task_id"))
+    done = dict(
+        api1.rows("select task_id, count(*) from task_events where status='succeeded' group by task_id")
+    )
     assert set(done) == ids and set(done.values()) == {1}
-    assert not api1.rows("select task_id, role, idx from assets group by task_id, role, idx having count(*) > 1")
+    assert not api1.rows(
+        "select task_id, role, idx from assets group by task_id, role, idx having count(*) > 1"
+    )
     assert not api1.rows("select id from procrastinate_jobs where status in ('todo', 'doing')")
     assert_books_balance(api1, expect_refunds=False)

@@ -12,11 +12,12 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from mediarelay.api.auth import Authenticator
+from mediarelay.api.errors import refuse_nul
 from mediarelay.api.views import ViewCache
 from mediarelay.config import WebhookSettings
 from mediarelay.dialects.base import RenderContext
@@ -27,7 +28,7 @@ from mediarelay.netguard import Blocked, NetGuard
 from mediarelay.store.database import Database
 from mediarelay.store.keys import ApiKey
 from mediarelay.store.tasks import TaskRepo
-from mediarelay.store.webhooks import PENDING, STATES, WebhookEvent, WebhookRepo
+from mediarelay.store.webhooks import PENDING, STATES, WebhookEvent, WebhookQueue, WebhookRepo
 
 MAX_REMEMBERED = 100_000
 
@@ -64,20 +65,29 @@ def event_payload(event: WebhookEvent, task: Task, view: dict[str, Any]) -> str:
 class Webhooks:
     """The webhook feature of a running node: address guard, outbox repository, renderer, delivery loop."""
 
-    def __init__(self, settings: WebhookSettings, db: Database, tasks: TaskRepo, views: ViewCache) -> None:
+    def __init__(
+        self,
+        settings: WebhookSettings,
+        db: Database,
+        tasks: TaskRepo,
+        views: ViewCache,
+        queue: WebhookQueue | None = None,
+    ) -> None:
         self.settings = settings
         self.guard = NetGuard(
             allow_private=settings.allow_private,
             allowed_hosts=settings.allowed_hosts,
             timeout=settings.timeout_seconds,
         )
-        self.repo = WebhookRepo(db)
+        self.repo = WebhookRepo(db, queue)  # scaled out: redeliveries defer a job
         self.tasks = tasks
         self.views = views  # its dialects and its file-URL builder
         self.dispatcher: WebhookDispatcher | None = None
         self._last: dict[str, Status] = {}  # last status seen per active task: skip writes that keep it
 
-    def start(self) -> None:
+    def start(self, *, loop: bool = True) -> None:
+        """Start delivering: with the scan loop (embedded), or (`loop=False`) only for `deliver_task`,
+        which the scaled-out mode's delivery jobs call."""
         s = self.settings
         self.dispatcher = WebhookDispatcher(
             self.repo,
@@ -87,7 +97,12 @@ class Webhooks:
             timeout=s.timeout_seconds,
             concurrency=s.concurrency,
         )
-        self.dispatcher.start()
+        if loop:
+            self.dispatcher.start()
+
+    async def deliver_task(self, task_id: str) -> int | None:
+        assert self.dispatcher is not None, "start(loop=False) first"
+        return await self.dispatcher.deliver_task(task_id)
 
     async def stop(self) -> None:
         if self.dispatcher is not None:
@@ -134,7 +149,7 @@ class Webhooks:
 
 # -- routes ---------------------------------------------------------------------------------------------
 
-router = APIRouter(tags=["Webhooks"])
+router = APIRouter(tags=["Webhooks"], dependencies=[Depends(refuse_nul)])
 
 
 def _hooks(request: Request) -> Webhooks:

@@ -4,7 +4,8 @@ Each attempt is signed afresh (`webhook-timestamp` is the attempt's time, so rec
 replays) over the same body and the same `webhook-id`: at-least-once, and receivers deduplicate by id.
 A 2xx answer delivers the event; anything else, a refused connection or a timeout, retries on the
 schedule (with jitter), then fails it. A destination the address policy refuses fails it at once.
-The loop is driven by `next_attempt_at`, like the task driver, so a restart carries on where it was.
+The loop is driven by `next_attempt_at`, like the task driver, so a restart carries on where it was;
+scaled out on PostgreSQL, procrastinate jobs call `deliver_task` instead (engine/jobs.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from datetime import UTC, datetime
 import httpx
 from standardwebhooks import Webhook
 
+from mediarelay import logs
 from mediarelay.domain import now_ms
 from mediarelay.netguard import Blocked, NetGuard, Unresolvable
 from mediarelay.store.webhooks import DELIVERED, FAILED, PENDING, Outcome, WebhookEvent, WebhookRepo
@@ -111,11 +113,28 @@ class WebhookDispatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=wait)
 
+    async def deliver_task(self, task_id: str) -> int | None:
+        """Scaled-out mode's delivery job: the task's due event (if another process holds its lease,
+        nothing), then when the task's next event is due. The loop above does not run there."""
+        now = now_ms()
+        for event in await asyncio.to_thread(
+            self.repo.claim_due, now, 1, now + self.lease_ms, task_id=task_id
+        ):
+            await self._deliver(event)
+        return await asyncio.to_thread(self.repo.next_due_at, task_id)
+
     def _done(self, job: asyncio.Task[None]) -> None:
         self._inflight.discard(job)
         self._wake.set()
 
     async def _deliver(self, event: WebhookEvent) -> None:
+        token = logs.task_id.set(event.task_id)  # log lines of this delivery name its task
+        try:
+            await self._deliver_in_context(event)
+        finally:
+            logs.task_id.reset(token)
+
+    async def _deliver_in_context(self, event: WebhookEvent) -> None:
         try:
             outcome = await self._attempt(event)
             await asyncio.to_thread(self.repo.record, event, outcome)

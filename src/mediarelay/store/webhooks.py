@@ -12,7 +12,7 @@ import base64
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Row, and_, exists, func, insert, or_, select, update
 from ulid import ULID
@@ -121,25 +121,26 @@ def _event(row: Row[Any], log: Sequence[Attempt] = ()) -> WebhookEvent:
     )
 
 
-def enqueue_status_event(conn: Connection, task: Task, new_status: str, version: int, now: int) -> None:
-    """Add the outbox row for a status change, in the caller's transaction (called by `TaskRepo.update`).
+def enqueue_status_event(conn: Connection, task: Task, new_status: str, version: int, now: int) -> bool:
+    """Add the outbox row for a status change, in the caller's transaction (called by `TaskRepo.update`);
+    True if one was added.
 
     Only top-level tasks send webhooks: a fan-out child's changes reach the client through its parent's
     view, and the parent's own status changes are events. The URL is the submission's, else the key's
     default, fixed when the event is created.
     """
     if task.parent_id is not None:
-        return
+        return False
     published = PUBLISHED.get(new_status)
     kind = EVENT_TYPES.get(published or "")
     if kind is None or published == PUBLISHED.get(task.status.value):
-        return
+        return False
     url = (
         task.params.get("webhook_url")
         or conn.execute(select(api_keys.c.webhook_url).where(api_keys.c.id == task.key_id)).scalar()
     )
     if not url:
-        return
+        return False
     conn.execute(
         insert(webhook_events).values(
             id=new_event_id(),
@@ -158,6 +159,7 @@ def enqueue_status_event(conn: Connection, task: Task, new_status: str, version:
             updated_at=now,
         )
     )
+    return True
 
 
 def _deliverable() -> Any:
@@ -173,9 +175,17 @@ def _deliverable() -> Any:
     )
 
 
+class WebhookQueue(Protocol):
+    """Scaled-out mode's job queue (`engine/jobs.py`): told in the writing transaction when a task's
+    webhook event becomes due, so a worker's delivery job exists exactly when the row does."""
+
+    def webhook_due(self, conn: Connection, task_id: str, at: int) -> None: ...
+
+
 class WebhookRepo:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, queue: WebhookQueue | None = None) -> None:
         self.db = db
+        self.queue = queue
 
     # -- each key's settings --------------------------------------------------------------------
 
@@ -244,15 +254,19 @@ class WebhookRepo:
             ).scalar()
         return str(stored)
 
-    def claim_due(self, now: int, limit: int, lease_until: int) -> list[WebhookEvent]:
-        """Take up to `limit` due events by moving their next attempt to `lease_until` (a CAS per row:
-        another process that scanned the same rows takes none of them twice)."""
+    def claim_due(
+        self, now: int, limit: int, lease_until: int, *, task_id: str | None = None
+    ) -> list[WebhookEvent]:
+        """Take up to `limit` due events (of one task, if given) by moving their next attempt to
+        `lease_until` (a CAS per row: another process that scanned the same rows takes none of them twice)."""
         query = (
             select(webhook_events)
             .where(_deliverable(), webhook_events.c.next_attempt_at <= now)
             .order_by(webhook_events.c.next_attempt_at)
             .limit(limit)
         )
+        if task_id is not None:
+            query = query.where(webhook_events.c.task_id == task_id)
         claimed = []
         with self.db.write() as conn:
             for row in conn.execute(query).all():
@@ -270,11 +284,13 @@ class WebhookRepo:
                     claimed.append(event)
         return claimed
 
-    def next_due_at(self) -> int | None:
+    def next_due_at(self, task_id: str | None = None) -> int | None:
+        """When the next deliverable event (of one task, if given) is due; None if there is none."""
+        query = select(func.min(webhook_events.c.next_attempt_at)).where(_deliverable())
+        if task_id is not None:
+            query = query.where(webhook_events.c.task_id == task_id)
         with self.db.read() as conn:
-            value = conn.execute(
-                select(func.min(webhook_events.c.next_attempt_at)).where(_deliverable())
-            ).scalar()
+            value = conn.execute(query).scalar()
         return int(value) if value is not None else None
 
     def record(self, event: WebhookEvent, outcome: Outcome) -> bool:
@@ -308,13 +324,17 @@ class WebhookRepo:
 
     def redeliver(self, event_id: str) -> bool:
         """Queue one more attempt of a finished event (the receiver lost it, or was fixed)."""
+        now = now_ms()
         with self.db.write() as conn:
-            result = conn.execute(
+            task_id = conn.execute(
                 update(webhook_events)
                 .where(webhook_events.c.id == event_id, webhook_events.c.state != PENDING)
-                .values(state=PENDING, next_attempt_at=now_ms(), updated_at=now_ms())
-            )
-        return bool(result.rowcount)
+                .values(state=PENDING, next_attempt_at=now, updated_at=now)
+                .returning(webhook_events.c.task_id)
+            ).scalar()
+            if task_id is not None and self.queue is not None:
+                self.queue.webhook_due(conn, task_id, now)
+        return task_id is not None
 
     # -- the delivery log -----------------------------------------------------------------------
 
