@@ -36,6 +36,10 @@ from mediarelay.store.database import Database
 BIN = Path(sys.executable).parent / "mediarelay"
 PG_ADMIN = os.environ.get("MEDIARELAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 SERVER_DB = os.environ.get("MEDIARELAY_TEST_DATABASE", "sqlite")
+# Scaled out, every node must share the master key (docs/security.md): give every process the tests start
+# one (copied with os.environ); tests of the embedded key file pass MEDIARELAY_MASTER_KEY="" to drop it.
+TEST_MASTER_KEY = "dGVzdC1tYXN0ZXIta2V5LW1lZGlhcmVsYXktMDAwMDA="
+os.environ.setdefault("MEDIARELAY_MASTER_KEY", TEST_MASTER_KEY)
 _server_databases: list[str] = []
 
 FAST_SANDBOX = {
@@ -142,6 +146,27 @@ class Server:
         if key is not None:
             headers["Authorization"] = f"Bearer {key}" if bearer else key
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=30)
+
+
+class Worker:
+    """A `mediarelay worker` process (scaled-out mode) next to the servers of a test."""
+
+    def __init__(self, data: Path, env: dict[str, str], name: str) -> None:
+        self.data, self.env, self.name = data, env, name
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        log = (self.data.parent / f"{self.name}.log").open("ab")
+        self.proc = subprocess.Popen(
+            [str(BIN), "worker", "--data-dir", str(self.data)], stdout=log, stderr=log, env=self.env
+        )
+        return self
+
+    def kill(self) -> None:
+        kill_process(self.proc)
+
+    def stop(self) -> None:
+        stop_process(self.proc, 20)
 
 
 def kill_process(proc: subprocess.Popen[Any] | None) -> None:

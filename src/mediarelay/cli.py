@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mediarelay import doctor
+from mediarelay import doctor, logs
 from mediarelay.billing import cli as billing_cli
 from mediarelay.client import cli as client_cli
 from mediarelay.config import Settings
@@ -35,6 +35,31 @@ def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+def say(settings: Settings, message: str, *, error: bool = False) -> None:
+    """A startup line for people: on the console as text, or as a JSON log line when the logs are JSON
+    (so every line the process writes parses)."""
+    if settings.log_format == "json":
+        import logging
+
+        logging.getLogger("mediarelay").log(logging.ERROR if error else logging.INFO, message)
+    else:
+        err.print(message, markup=False, highlight=False, style="red" if error else None)
+
+
+def build_services(settings: Settings) -> Any:
+    """Services.build, with a master-key problem reported as one clear line and exit status 2 (no
+    traceback, nothing secret: docs/security.md)."""
+    from mediarelay.api.services import Services
+    from mediarelay.secrets import MasterKeyError
+
+    logs.configure(settings.log_format)
+    try:
+        return Services.build(settings)
+    except MasterKeyError as exc:
+        say(settings, f"mediarelay: cannot start: {exc}", error=True)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")] = None,
@@ -47,34 +72,27 @@ def serve(
             help="Also run background steps here (scaled out on PostgreSQL: --no-worker for API-only nodes).",
         ),
     ] = True,
+    server: Annotated[
+        str | None,
+        typer.Option(help="HTTP server: granian or uvicorn [default: granian, or MEDIARELAY_SERVER]."),
+    ] = None,
 ) -> None:
     """Run the gateway: API, status fast path and the engine (embedded: SQLite and local files)."""
-    import uvicorn
-
+    from mediarelay.api import serving
     from mediarelay.api.app import create_app
-    from mediarelay.api.services import Services
 
-    settings = load_settings(data_dir, host=host, port=port)
-    services = Services.build(settings)
+    settings = load_settings(data_dir, host=host, port=port, server=server)
+    services = build_services(settings)
     if not worker and not settings.uses_jobs:
-        err.print("[red]--no-worker needs the job queue (a PostgreSQL database_url); refusing.[/red]")
+        say(settings, "--no-worker needs the job queue (a PostgreSQL database_url); refusing.", error=True)
         raise typer.Exit(2)
     services.run_worker = worker
     secret = services.ensure_admin_key()
     if secret:
-        err.print("[bold]Created the admin key. It is shown once; store it now:[/bold]")
+        say(settings, "Created the admin key. It is shown once (on stdout); store it now.")
         print(secret, flush=True)
-    err.print(f"mediarelay listening on {settings.base_url} (data in {settings.data_dir.resolve()})")
-    config = uvicorn.Config(
-        create_app(services=services),
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
-        access_log=settings.access_log,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-    )
-    uvicorn.Server(config).run()
+    say(settings, f"mediarelay listening on {settings.base_url} (data in {settings.data_dir.resolve()})")
+    serving.run(create_app(services=services), settings, drain=services.views.drain)
 
 
 @app.command()
@@ -87,13 +105,11 @@ def worker(
     import asyncio
     import signal
 
-    from mediarelay.api.services import Services
-
     settings = load_settings(data_dir, workers=concurrency)
     if not settings.uses_jobs:
         err.print("[red]mediarelay worker needs PostgreSQL: set MEDIARELAY_DATABASE_URL.[/red]")
         raise typer.Exit(2)
-    services = Services.build(settings)
+    services = build_services(settings)
     services.run_api = False
 
     async def run() -> None:
@@ -102,7 +118,7 @@ def worker(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await services.start()
-        err.print(f"mediarelay worker running {settings.workers} steps at once")
+        say(settings, f"mediarelay worker running {settings.workers} steps at once")
         try:
             await stop.wait()
         finally:

@@ -183,6 +183,8 @@ def literal_ip(host: str) -> IPAddress | None:
     """The IP address a URL host spells, in any form the resolver would accept (`127.1`, `0x7f000001`,
     `2130706433`, `0177.0.0.1`), without a DNS lookup; None for a name."""
     host = host.strip("[]")
+    if host.endswith(".") and not host.endswith(".."):
+        host = host[:-1]  # `127.0.0.1.`: the resolver reads a fully qualified literal as the address
     try:
         return ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
@@ -265,17 +267,24 @@ class NetGuard:
         return None
 
     def check_url(self, url: str) -> None:
-        """Refuse an http(s) URL whose host is a literal address in a blocked range (no DNS lookup)."""
+        """Refuse an http(s) URL whose host is a literal address in a blocked range (no DNS lookup).
+
+        The host is read by urlsplit AND by the fetcher's own parser (httpx), and both readings are
+        checked: they differ on some spellings (httpx maps `127。0。0。1` to `127.0.0.1` and refuses
+        `１２７.０.０.１`, urlsplit keeps both as names), and the submit check must judge the address the
+        request would really go to. A URL the fetcher cannot parse could never be delivered: refused."""
         try:
             parts = urlsplit(url)
             host = parts.hostname
-        except ValueError as exc:
+            fetched = httpx.URL(url).host
+        except (ValueError, httpx.InvalidURL) as exc:
             raise Blocked(f"not a valid URL: {exc}") from None
-        if parts.scheme not in ("http", "https") or not host:
+        if parts.scheme not in ("http", "https") or not host or not fetched:
             raise Blocked("must be an http(s) URL with a host")
-        ip = literal_ip(host)
-        if ip is not None and (why := self.check_ip(ip)) is not None:
-            raise Blocked(f"destination not allowed: {why}")
+        for spelled in dict.fromkeys((host, fetched)):
+            ip = literal_ip(spelled)
+            if ip is not None and (why := self.check_ip(ip)) is not None:
+                raise Blocked(f"destination not allowed: {why}")
 
     def _trusts_name(self, host: str) -> bool:
         return host.lower().rstrip(".") in self.allowed_names
@@ -313,6 +322,10 @@ class NetGuard:
             raise Blocked(f"invalid URL: {exc}") from None
         if parsed.scheme not in ("http", "https") or not host:
             raise Blocked("destination not allowed: only http(s) URLs with a host are fetched")
+        # A host that spells a blocked address in a form the transport reads as a name (`127.0.0.1.`) is
+        # refused here, whatever the resolver would make of it: the same answer as `check_url` gives.
+        if (ip := literal_ip(host)) is not None and (why := self.check_ip(ip)) is not None:
+            raise Blocked(f"destination not allowed: {why}")
         extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         try:
             async with self._client(host).stream(

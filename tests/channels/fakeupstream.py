@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 import random
 import re
 import socket
@@ -107,8 +108,15 @@ class FakeUpstream:
         queue_seconds: float = 0.2,
         latency: float = 0.0,
         seed: int = 7,
+        lognormal: tuple[float, float, float] | None = None,
+        progress: bool = True,
     ) -> None:
+        """`lognormal` = (median, p95, cap) seconds draws run times from a log-normal distribution (capped)
+        instead of uniformly from `durations`; `progress=False` reports no progress while running (as
+        vendors that only say "processing" do)."""
         self.files = {"png": png, "mp4": mp4}
+        self.lognormal = lognormal
+        self.progress = progress
         self.sha = {k: hashlib.sha256(v).hexdigest() for k, v in self.files.items()}
         self.durations = durations
         self.queue_seconds = queue_seconds
@@ -337,15 +345,21 @@ class FakeUpstream:
         }
         video = not (b'"text_to_image"' in body or b"enhance" in body or (api == "pika" and b"aspectRatio" not in body))
         with self.lock:
-            lo, hi = self.durations
             task = FakeTask(
                 id=ids[api], api=api, marker=marker, scenario=scenario, token=token, created=time.time(),
-                duration=self.rng.uniform(lo, hi), video=video,
+                duration=self._duration(), video=video,
             )
             self.tasks[task.id] = task
             self.created[marker] += 1
             self.tokens_used[token] += 1
         return task
+
+    def _duration(self) -> float:
+        if self.lognormal is None:
+            return self.rng.uniform(*self.durations)
+        median, p95, cap = self.lognormal
+        sigma = math.log(p95 / median) / 1.6448536  # z of the 95th percentile
+        return min(cap, median * math.exp(sigma * self.rng.gauss(0.0, 1.0)))
 
     # -- state ----------------------------------------------------------------------------------------
 
@@ -357,7 +371,7 @@ class FakeUpstream:
         if elapsed < min(self.queue_seconds, task.duration / 2):
             return "queued", 0
         if task.scenario == "stuck" or elapsed < task.duration:
-            return "running", min(99, int(100 * elapsed / max(task.duration, 0.001)))
+            return "running", min(99, int(100 * elapsed / max(task.duration, 0.001))) if self.progress else 0
         if task.done_at is None:
             task.done_at = task.created + task.duration
         return ("failed", 100) if task.scenario == "upstream_fails" else ("done", 100)
@@ -540,7 +554,10 @@ def main() -> None:
     parser.add_argument("--max", type=float, default=1.2)
     parser.add_argument("--queue", type=float, default=0.2)
     parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--lognormal", default="", help="median,p95,cap seconds: log-normal run times")
+    parser.add_argument("--no-progress", action="store_true", help="report 0 %% while running")
     args = parser.parse_args()
+    lognormal = tuple(float(x) for x in args.lognormal.split(",")) if args.lognormal else None
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         asyncio.run(media.make_video(tmp / "r.mp4", width=64, height=64, seconds=1, fps=8, text="b", audio=False))
@@ -548,6 +565,7 @@ def main() -> None:
         fake = FakeUpstream(
             png=(tmp / "r.png").read_bytes(), mp4=(tmp / "r.mp4").read_bytes(),
             durations=(args.min, args.max), queue_seconds=args.queue, latency=args.latency,
+            lognormal=lognormal, progress=not args.no_progress,  # type: ignore[arg-type]
         ).start()
     print(fake.port, flush=True)
     threading.Event().wait()

@@ -34,7 +34,7 @@ from mediarelay.channels.health import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, 
 from mediarelay.channels.registry import TYPES, ChannelSet
 from mediarelay.channels.upstream import retry_after, upstream_message
 from mediarelay.domain import Operation, Status, Task, TaskError
-from mediarelay.engine.cadence import FAST, from_observed, next_poll_delay
+from mediarelay.engine.cadence import BLIND, FAST, from_observed, next_poll_delay
 from mediarelay.netguard import NetGuard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -321,12 +321,14 @@ def test_cadence_uses_observed_durations() -> None:
     for s in range(20, 41):
         seen.add(float(s))
     assert from_observed(0, seen) == pytest.approx(10.5)  # halfway to the 5th percentile (21 s)
-    assert from_observed(20, seen) == FAST  # half a second from the window: the fast pace already
-    assert from_observed(30, seen) == FAST  # inside the window: the fast pace
-    assert FAST < from_observed(60, seen) <= 15  # overdue: slower again
+    assert from_observed(20, seen) == BLIND  # half a second from the window: the window's pace already
+    assert from_observed(30, seen) == BLIND  # inside the window: every BLIND seconds
+    assert BLIND < from_observed(60, seen) <= 15  # overdue: slower again
     task = make_task(status=Status.RUNNING, started_at=0)
     delay = next_poll_delay(task, PollResult(status=Status.RUNNING), 30_000, durations=seen)
-    assert 0.9 * FAST <= delay <= 1.1 * FAST
+    assert 0.9 * BLIND <= delay <= 1.1 * BLIND
+    delay = next_poll_delay(task, PollResult(status=Status.RUNNING), 30_000, durations=seen, blind=1.0)
+    assert 0.9 <= delay <= 1.1  # a channel's `poll_blind_seconds` option
     # Progress near 100 % never polls faster than the fast pace, except for ENDGAME_SECONDS after the task
     # first reached 99 % (its 99 % was published then: `updated_at`): then at twice the pace.
     assert next_poll_delay(task, PollResult(status=Status.RUNNING, progress=98), 300_000) >= 0.9 * FAST

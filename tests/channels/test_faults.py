@@ -82,7 +82,9 @@ def channel(kind: str, prefix: str, base_url: str, *, short: bool) -> dict[str, 
         "max_concurrency": LIMIT,
         "submit_timeout_seconds": 1.0,
         "poll_timeout_seconds": 1.0,
-        "deadline_seconds": 10 if short else 180,  # short: long enough to be dispatched under load
+        # short: long enough to be dispatched (and so created upstream) on a loaded CI machine, where
+        # 520 tasks queue behind 96 workers; 10 s was not (the tasks timed out before their submit).
+        "deadline_seconds": 30 if short else 180,
         "breaker_failures": 10_000,
         "options": {"poll_fast_seconds": 0.3},
     }

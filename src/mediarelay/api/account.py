@@ -9,15 +9,16 @@ from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
+from mediarelay.api.errors import refuse_nul
 from mediarelay.api.services import Services
 from mediarelay.billing import accounts
 from mediarelay.domain import invalid
 from mediarelay.store.keys import ApiKey
 
-router = APIRouter(tags=["Account"])
+router = APIRouter(tags=["Account"], dependencies=[Depends(refuse_nul)])
 
 GroupBy = Literal["day", "model", "channel"]
 

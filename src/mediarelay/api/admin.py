@@ -7,12 +7,13 @@ operator's currency (docs/billing.md). Errors use the OpenAI-style envelope.
 import asyncio
 from typing import Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from mediarelay.api.account import entries_page, json_response, key_json, time_bound
 from mediarelay.api.admission import REPLAYED, idempotency_key
+from mediarelay.api.errors import refuse_nul
 from mediarelay.api.services import Services
 from mediarelay.api.webhooks import check_webhook_url
 from mediarelay.billing import accounts
@@ -21,7 +22,7 @@ from mediarelay.domain import ErrorKind, MediarelayError, not_found
 from mediarelay.store import ledger
 from mediarelay.store.keys import ApiKey
 
-router = APIRouter(prefix="/v1/admin", tags=["Admin"])
+router = APIRouter(prefix="/v1/admin", tags=["Admin"], dependencies=[Depends(refuse_nul)])
 
 Amount = Field(ge=1, le=accounts.MAX_AMOUNT)
 Limit = Field(default=None, ge=0, le=accounts.MAX_AMOUNT)
@@ -87,7 +88,11 @@ class KeyUpdate(BaseModel):
     rpm: int | None = Count
 
 
-@router.post("/keys", summary="Create a key with a balance and limits (its secret is shown once)")
+@router.post(
+    "/keys",
+    summary="Create a key with a balance and limits (its secret is shown once)",
+    status_code=201,  # what it answers (the document said 200)
+)
 async def create_key(request: Request, body: KeyCreate) -> Response:
     await require_admin(request)
     svc = _svc(request)

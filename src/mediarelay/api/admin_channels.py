@@ -9,20 +9,21 @@ import asyncio
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from mediarelay.api.errors import refuse_nul
 from mediarelay.api.services import Services
 from mediarelay.channels.base import ChannelConfig
 from mediarelay.channels.health import secret_of
 from mediarelay.channels.manager import ChannelManager, Effective
-from mediarelay.config import ChannelSettings
+from mediarelay.config import SECRET_LABEL, ChannelSettings
 from mediarelay.dialects.common import validation_error
 from mediarelay.domain import ErrorKind, MediarelayError, invalid, not_found
 from mediarelay.store.keys import ApiKey
 
-router = APIRouter(prefix="/v1/admin/channels", tags=["Admin: channels"])
+router = APIRouter(prefix="/v1/admin/channels", tags=["Admin: channels"], dependencies=[Depends(refuse_nul)])
 
 
 def _svc(request: Request) -> Services:
@@ -55,7 +56,9 @@ def channel_json(svc: Services, found: Effective, busy: dict[str, int]) -> dict[
         "overrides_file": found.overrides_file,
         "enabled": cfg.enabled,
         "config": settings,
-        "credentials": [{"ref": ref, "set": secret_of(ref) is not None} for ref in cfg.credentials],
+        "credentials": [
+            {"ref": ref, "set": secret_of(ref, cfg.secrets) is not None} for ref in cfg.credentials
+        ],
         "capabilities": {
             "operations": sorted(op.value for op in channel.operations) if channel else [],
             "idempotent_submit": bool(channel.idempotent_submit) if channel else False,
@@ -91,19 +94,39 @@ async def _body(request: Request) -> Any:
         raise invalid("the body is not valid JSON") from None
 
 
-async def _store(svc: Services, cfg: ChannelConfig) -> None:
-    """Check that the whole set still builds with this definition, then persist and apply it."""
+SecretChanges = dict[str, str | None]
+
+
+def _secrets(data: Any) -> SecretChanges:
+    """Pop the write-only `secrets` ({label: value, or null to remove}) from a body. Errors name the
+    label at most, never a value."""
+    if not isinstance(data, dict):
+        return {}
+    raw = data.pop("secrets", None)
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise invalid("secrets: must be an object of label -> secret", "secrets")
+    out: SecretChanges = {}
+    for label, value in raw.items():
+        if not isinstance(label, str) or not SECRET_LABEL.match(label):
+            raise invalid("secrets: labels are letters, digits, '.', '_', '-' (at most 64)", "secrets")
+        if value is not None and (not isinstance(value, str) or not value.strip() or len(value) > 8192):
+            raise invalid(f"secrets.{label}: must be a non-empty string (at most 8192 characters)", "secrets")
+        out[label] = value.strip() if isinstance(value, str) else None
+    return out
+
+
+async def _store(svc: Services, cfg: ChannelConfig, changes: SecretChanges | None = None) -> None:
+    """Check that the whole set still builds with this definition, then persist and apply it (stored
+    secrets are kept unless `changes` replaces or removes them: ChannelManager.store)."""
     manager: ChannelManager = svc.channel_manager
 
     def apply() -> None:
-        admin = manager.admin_configs()
-        admin[cfg.name] = cfg
         try:
-            manager.check(admin)
+            manager.store(cfg, changes)
         except ValueError as exc:
             raise invalid(str(exc)) from None
-        manager.repo.put(cfg.name, ChannelSettings.from_config(cfg).model_dump(mode="json", exclude={"name"}))
-        manager.rebuild()
 
     await asyncio.to_thread(apply)
 
@@ -127,13 +150,14 @@ async def list_channels(request: Request) -> Response:
 async def create_channel(request: Request) -> Response:
     svc = await _admin(request)
     data = await _body(request)
+    changes = _secrets(data)
     name = data.get("name") if isinstance(data, dict) else None
     if not isinstance(name, str) or not name:
         raise invalid("name: required", "name")
     cfg = _parse(data, name)
     if name in svc.channel_manager.effective:
         raise MediarelayError(ErrorKind.CONFLICT, f"channel {name!r} exists: change it with PUT or PATCH")
-    await _store(svc, cfg)
+    await _store(svc, cfg, changes)
     return _json(await _view(svc, name), 201)
 
 
@@ -155,9 +179,11 @@ async def get_channel(request: Request, name: str) -> Response:
 @router.put("/{name}", summary="Create or replace a channel's definition (overrides mediarelay.toml's)")
 async def put_channel(request: Request, name: str) -> Response:
     svc = await _admin(request)
-    cfg = _parse(await _body(request), name)
+    data = await _body(request)
+    changes = _secrets(data)
+    cfg = _parse(data, name)
     existed = name in svc.channel_manager.effective
-    await _store(svc, cfg)
+    await _store(svc, cfg, changes)
     return _json(await _view(svc, name), 200 if existed else 201)
 
 
@@ -170,8 +196,9 @@ async def patch_channel(request: Request, name: str) -> Response:
     data = await _body(request)
     if not isinstance(data, dict):
         raise invalid("the body must be a JSON object")
+    changes = _secrets(data)
     current = ChannelSettings.from_config(found.config).model_dump(mode="json")
-    await _store(svc, _parse({**current, **data}, name))
+    await _store(svc, _parse({**current, **data}, name), changes)
     return _json(await _view(svc, name))
 
 

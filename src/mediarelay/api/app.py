@@ -5,17 +5,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from mediarelay import __version__
-from mediarelay.api import account, admin, admin_channels, files, native, webhooks
+from mediarelay.api import account, admin, admin_channels, files, native, openapi, operations, webhooks
 from mediarelay.api.fastpath import FastStatus
 from mediarelay.api.limits import BodyLimit
+from mediarelay.api.metrics import instrument
 from mediarelay.api.routes import dialect_router
 from mediarelay.api.services import Services
 from mediarelay.config import Settings
 from mediarelay.dialects import DIALECTS
+from mediarelay.logs import RequestId
 from mediarelay.web import router as admin_ui
 
 
@@ -39,6 +41,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     api.state.services = svc
     svc.errors.install(api)
+    openapi.install(api, svc.errors)  # the error answers in /openapi.json, by path like the renderer
     api.include_router(native.router)  # before the generated routes: /v1/tasks/{id}/events is specific
     for dialect in DIALECTS:
         api.include_router(dialect_router(dialect))
@@ -48,13 +51,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     api.include_router(admin.router)  # keys, balances, top-ups, ledgers, usage, prices (admin keys)
     api.include_router(account.router)  # the caller's own balance, usage and ledger
     api.include_router(admin_ui)  # the admin web UI at /admin (server-rendered pages)
+    api.include_router(operations.router)  # /healthz, /readyz, /metrics
 
-    @api.get("/healthz", tags=["Operations"], summary="Liveness")
-    async def healthz(response: Response) -> dict[str, str]:
-        # Tells clients (mediarelay.client) that they may long-poll and stream events here.
-        response.headers["x-mediarelay-version"] = __version__
-        return {"status": "ok"}
-
-    # Outermost first: status GETs are answered before any framework code runs.
+    # Outermost last: the metrics layer times everything; status GETs are answered before any framework
+    # code runs.
     app: ASGIApp = BodyLimit(api, svc.errors, svc.settings.max_body_bytes)
-    return FastStatus(app, svc.status, DIALECTS)
+    # The request id layer is outside everything, so every log line of a request carries its id.
+    return RequestId(instrument(FastStatus(app, svc.status, DIALECTS), api.state, svc.db, svc.channels))

@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from mediarelay.dialects.base import Dialect
 from mediarelay.dialects.common import openai_style_error, validation_error
-from mediarelay.domain import ErrorKind, MediarelayError
+from mediarelay.domain import NUL_MESSAGE, ErrorKind, MediarelayError, contains_nul, invalid
 
 log = logging.getLogger("mediarelay.api")
 
@@ -29,6 +29,23 @@ HTTP_KINDS = {
     413: ErrorKind.TOO_LARGE,
     429: ErrorKind.RATE_LIMITED,
 }
+
+
+async def refuse_nul(request: Request) -> None:
+    """A router dependency: no NUL character in the path, the query or a JSON body (see `contains_nul`).
+    Multipart bodies are left to the route, which reads their text fields without buffering the files."""
+    query = request.query_params.multi_items()
+    if contains_nul(list(request.path_params.values())) or contains_nul(query):
+        raise invalid(NUL_MESSAGE)
+    if request.method in ("POST", "PUT", "PATCH") and "json" in request.headers.get("content-type", "json"):
+        raw = await request.body()
+        if b"\\u0000" in raw:
+            try:
+                parsed = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                return  # the route answers "not valid JSON"
+            if contains_nul(parsed):
+                raise invalid(NUL_MESSAGE)
 
 
 def openai_error(err: MediarelayError) -> tuple[int, Any]:

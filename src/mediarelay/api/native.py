@@ -9,13 +9,14 @@ from fastapi import APIRouter, Depends, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import Response
 
+from mediarelay.api.errors import refuse_nul
 from mediarelay.api.routes import json_response, key_dependency, owned_task, services
 from mediarelay.api.views import View
 from mediarelay.dialects import native
 from mediarelay.domain import Operation, Status, invalid
 from mediarelay.store.keys import ApiKey
 
-router = APIRouter(tags=[native.dialect.title])
+router = APIRouter(tags=[native.dialect.title], dependencies=[Depends(refuse_nul)])
 require_key = key_dependency(native.dialect)
 
 
@@ -132,8 +133,8 @@ async def task_events(
                 if view.version > seen:
                     seen = view.version
                     yield _event(view)
-                if view.status.terminal:
-                    return
+                if view.status.terminal or svc.views.draining:
+                    return  # draining: the client reconnects with Last-Event-ID
                 view = await queue.get()
         finally:
             svc.views.unsubscribe(task.id, queue)

@@ -21,6 +21,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
 from mediarelay.api.admission import IDEMPOTENCY_OPENAPI, REPLAYED, admit, file_digests
+from mediarelay.api.errors import refuse_nul
 from mediarelay.api.files import serve_stored
 from mediarelay.api.services import Services
 from mediarelay.api.webhooks import check_webhook_url
@@ -35,7 +36,16 @@ from mediarelay.dialects.base import (
     Upload,
 )
 from mediarelay.dialects.common import validation_error
-from mediarelay.domain import MediarelayError, Status, Task, TaskSpec, invalid, not_found
+from mediarelay.domain import (
+    NUL_MESSAGE,
+    MediarelayError,
+    Status,
+    Task,
+    TaskSpec,
+    contains_nul,
+    invalid,
+    not_found,
+)
 from mediarelay.netguard import NetGuard
 from mediarelay.store.keys import ApiKey
 
@@ -142,7 +152,7 @@ async def owned_task(svc: Services, dialect: Dialect, public_id: str, key: ApiKe
 
 
 def dialect_router(dialect: Dialect) -> APIRouter:
-    router = APIRouter(tags=[dialect.title])
+    router = APIRouter(tags=[dialect.title], dependencies=[Depends(refuse_nul)])
     model = dialect.submit_model
     require_key = key_dependency(dialect)
 
@@ -307,6 +317,8 @@ async def read_submit_body(
                     if any(n == name for n, _ in files):
                         raise invalid(f"{name}: give one file", name)
                     files.append((name, value))
+            if contains_nul(fields):
+                raise invalid(NUL_MESSAGE)
             return nest_form(fields), files
         except BaseException:
             await form.close()

@@ -21,7 +21,9 @@ from mediarelay.config import ChannelSettings, Settings, config_path
 from mediarelay.dialects import DIALECTS
 from mediarelay.engine.inprocess import InProcessDriver
 from mediarelay.engine.lifecycle import Engine
+from mediarelay.engine.retention import Retention
 from mediarelay.netguard import NetGuard
+from mediarelay.secrets import SecretBox, open_box
 from mediarelay.storage.base import Storage
 from mediarelay.storage.factory import open_storage
 from mediarelay.store import database
@@ -48,8 +50,18 @@ class ChannelCatalog:
         return [v for v in found if language is None or v["language"] == language]
 
 
-def build_channels(settings: Settings, db: Database) -> tuple[ChannelSet, ChannelManager]:
-    """The channels, with the one outbound fetcher (docs/channels.md), kept current by the manager."""
+def open_secrets(settings: Settings) -> SecretBox:
+    """The master key (docs/security.md). Raises MasterKeyError with what to do, never a key."""
+    return open_box(settings.master_key, settings.data_dir, shared=settings.uses_jobs)
+
+
+def build_channels(settings: Settings, db: Database, box: SecretBox) -> tuple[ChannelSet, ChannelManager]:
+    """The channels, with the one outbound fetcher (docs/channels.md), kept current by the manager.
+    Stored secrets are first brought under the master key's first key (plaintext encrypted, old keys'
+    tokens rotated), so a wrong key stops the start here with a clear MasterKeyError."""
+    repo = ChannelRepo(db)
+    if sealed := repo.seal(box):
+        log.info("encrypted the stored secrets of %d channel(s) with the current master key", sealed)
     f = settings.fetch
     guard = NetGuard(
         allow_private=f.allow_private,
@@ -69,11 +81,12 @@ def build_channels(settings: Settings, db: Database) -> tuple[ChannelSet, Channe
     )
     manager = ChannelManager(
         channels,
-        ChannelRepo(db),
+        repo,
         file_configs=settings.channel_configs(),
         load_file=lambda: Settings().channel_configs(),
         parse=lambda data: ChannelSettings.model_validate(data).to_config(),
         path=config_path(),
+        box=box,
     )
     manager.rebuild()
     return channels, manager
@@ -102,10 +115,12 @@ class Services:
     run_worker: bool = True  # run background steps and webhook deliveries on this node
     job_worker: Any = None  # engine.jobs.JobWorker while running
     listener: ChangeListener | None = None
+    retention: Retention | None = None  # the cleanup loop, on nodes that run background work
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        box = open_secrets(settings)  # before anything else: a missing shared key must stop the start
         database.upgrade(settings.db_url)
         db = Database(settings.db_url)
         b = settings.billing
@@ -126,19 +141,20 @@ class Services:
         tasks = TaskRepo(db, hooks=billing, queue=jobs)
         keys = KeyRepo(db)
         storage = open_storage(settings)
-        channels, channel_manager = build_channels(settings, db)
+        channels, channel_manager = build_channels(settings, db, box)
         engine = Engine(
             tasks,
             channels,
             storage,
             finalize_concurrency=settings.finalize_concurrency,
+            media_processes=settings.media_processes,
             claims=channel_manager.repo,
         )
         views = ViewCache({d.name: d for d in DIALECTS}, tasks, settings.base_url)
         engine.listeners.append(views.refresh)
         auth = Authenticator(keys)
         errors = ErrorRenderer(DIALECTS)
-        webhooks = Webhooks(settings.webhooks, db, tasks, views)
+        webhooks = Webhooks(settings.webhooks, db, tasks, views, queue=jobs)
         engine.listeners.append(webhooks.on_change)  # after views.refresh
         return cls(
             settings=settings,
@@ -184,19 +200,50 @@ class Services:
                 # A worker serves no status reads: do not fill a cache nobody reads.
                 self.engine.listeners.remove(self.views.refresh)
             if self.run_worker:
-                from mediarelay.engine.jobs import JobWorker, StepJobs
+                from mediarelay.engine.jobs import CLEANUP_TICK, JobWorker, StepJobs
 
                 assert isinstance(self.jobs, StepJobs)
+                self.webhooks.start(loop=False)  # deliveries are jobs too
+                retention = self.make_retention()  # cleanup is a periodic job too
                 self.job_worker = JobWorker(
-                    self.settings.db_url, self.engine, self.jobs, concurrency=self.settings.workers
+                    self.settings.db_url,
+                    self.engine,
+                    self.jobs,
+                    self.webhooks.deliver_task,
+                    self.webhooks.repo,
+                    concurrency=self.settings.workers,
+                    webhook_concurrency=self.settings.webhooks.concurrency,
+                    cleanup=lambda timestamp: retention.tick(timestamp, CLEANUP_TICK),
                 )
                 await self.job_worker.start()
-        if self.run_worker:
+        if self.run_worker and self.jobs is None:
             self.webhooks.start()
+        if self.run_worker and self.jobs is None:
+            self.retention = self.make_retention()
+            self.retention.start()
         self.billing.start()
         self.channel_manager.start()
 
+    def make_retention(self) -> Retention:
+        """Retention sweeps (docs/operations.md#retention): embedded, a loop beside the driver that tells
+        this node's views directly; scaled out, run by the periodic cleanup job on one worker at a time,
+        and every API node hears the store's NOTIFY."""
+        r = self.settings.retention
+        embedded = self.jobs is None
+        return Retention(
+            self.tasks,
+            self.storage,
+            files_days=r.files_days,
+            tasks_days=r.tasks_days,
+            interval_seconds=r.interval_seconds,
+            batch=r.batch,
+            changed=self.views.refresh if embedded else None,
+            removed=(lambda task: self.views.drop(task.public_id)) if embedded else None,
+        )
+
     async def stop(self) -> None:
+        if self.retention is not None:
+            await self.retention.stop()
         if self.driver is not None:
             await self.driver.stop()
         if self.job_worker is not None:
@@ -208,4 +255,6 @@ class Services:
         await self.channel_manager.stop()
         if self.channels.deps.guard is not None:
             await self.channels.deps.guard.aclose()
+        self.engine.close()
         await asyncio.to_thread(self.db.dispose)
+        log.info("mediarelay stopped: background steps left resumable in the database")

@@ -198,7 +198,11 @@ class Billing:
 
     async def admit(self, key_id: str) -> None:
         """Count a submit against the key's requests-per-minute; 429 with Retry-After when over."""
-        limits = await asyncio.to_thread(self.limits, key_id)
+        hit = self._limits.get(key_id)
+        if hit is not None and hit[1] > time.monotonic():
+            limits = hit[0]  # cached: no thread hop on the submit path
+        else:
+            limits = await asyncio.to_thread(self.limits, key_id)
         if limits.rpm is None:
             return
         wait = self.limiter.take(key_id, limits.rpm)

@@ -45,6 +45,9 @@ class ChannelConfig:
     breaker_failures: int = 5  # consecutive failures that open the circuit breaker
     breaker_cooldown_seconds: float = 30.0  # open this long, then one probe request decides
     max_result_bytes: int | None = None  # None: the fetcher's `fetch.max_bytes`
+    # Admin-API channels: label -> the plaintext of each `secret:LABEL` credential, decrypted from the
+    # database (mediarelay/secrets.py). Kept out of repr so no log line or traceback can show it.
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
 
     def serves(self, model: str, operation: Operation) -> bool:
         return any(fnmatch.fnmatchcase(model, m) for m in self.models) and any(

@@ -10,7 +10,8 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +121,8 @@ class ChannelHealth:
     last_error_at: float | None = None  # epoch seconds, for display
     requests: int = 0
     submits: int = 0
+    polls: int = 0  # engine polls of this channel's tasks (GET /metrics)
+    errors: Counter[tuple[str, str]] = field(default_factory=Counter)  # (kind, code) of failed calls
     _turn: itertools.count[int] = field(default_factory=itertools.count)
 
     @classmethod
@@ -176,9 +179,9 @@ class ChannelHealth:
             return 0.0
         return float(min(30.0, 2.0 ** (self.errors_in_a_row - 1)))
 
-    def credential(self, refs: tuple[str, ...]) -> str | None:
+    def credential(self, refs: tuple[str, ...], secrets: Mapping[str, str] | None = None) -> str | None:
         """The next credential for a new task: round robin over those whose secret is present."""
-        present = [r for r in refs if secret_of(r)]
+        present = [r for r in refs if secret_of(r, secrets)]
         if not present:
             return refs[0] if refs else None
         return present[next(self._turn) % len(present)]
@@ -209,8 +212,11 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def secret_of(ref: str) -> str | None:
-    """The secret an `env:NAME` credential reference points at (None when unset or not a reference)."""
+def secret_of(ref: str, secrets: Mapping[str, str] | None = None) -> str | None:
+    """The secret a credential reference points at (None when unset or not a reference): `env:NAME`
+    reads the environment, `secret:LABEL` the channel's stored (decrypted) secrets."""
+    if ref.startswith("secret:"):
+        return (secrets or {}).get(ref[7:]) or None
     if not ref.startswith("env:"):
         return None
     return os.environ.get(ref[4:]) or None

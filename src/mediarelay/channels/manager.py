@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 from mediarelay.channels.base import ChannelConfig
 from mediarelay.channels.registry import ChannelSet
 from mediarelay.domain import now_ms
+from mediarelay.secrets import SecretBox
 from mediarelay.store.channels import ChannelRepo
 
 log = logging.getLogger("mediarelay.channels")
@@ -47,8 +49,10 @@ class ChannelManager:
         load_file: Callable[[], list[ChannelConfig]],
         parse: Callable[[dict[str, Any]], ChannelConfig],
         path: Path | None,
+        box: SecretBox,
     ) -> None:
         self.channels = channels
+        self.box = box  # decrypts the `secrets` of admin definitions (mediarelay/secrets.py)
         self.repo = repo
         self.file_configs = file_configs
         self.load_file = load_file
@@ -81,10 +85,20 @@ class ChannelManager:
     def _admin_configs(self) -> dict[str, ChannelConfig]:
         out: dict[str, ChannelConfig] = {}
         for row in self.repo.list():
+            config = dict(row.config)
+            stored: dict[str, str] = config.pop("secrets", None) or {}
             try:
-                out[row.name] = self.parse({**row.config, "name": row.name})
+                cfg = self.parse({**config, "name": row.name})
             except ValueError as exc:  # pydantic's ValidationError is a ValueError
                 log.error("channel %s in the database is invalid and ignored: %s", row.name, exc)
+                continue
+            if stored:  # a wrong master key raises MasterKeyError (no secret in it): nothing is swapped
+                secrets = {
+                    label: self.box.decrypt(value, f"secret {label!r} of channel {row.name!r}")
+                    for label, value in stored.items()
+                }
+                cfg = dataclasses.replace(cfg, secrets=secrets)
+            out[row.name] = cfg
         return out
 
     def rebuild(self) -> None:
@@ -103,6 +117,39 @@ class ChannelManager:
 
     def admin_configs(self) -> dict[str, ChannelConfig]:
         return self._admin_configs()
+
+    def store(self, cfg: ChannelConfig, changes: Mapping[str, str | None] | None = None) -> None:
+        """Persist and apply an admin definition (sync: call it from a thread). Raises ValueError.
+
+        Its stored secrets are kept unless `changes` replaces (a value) or removes (None) them, and only
+        those a `secret:LABEL` credential names are kept; the database gets them encrypted only."""
+        from mediarelay.config import ChannelSettings  # config imports the channels package
+
+        found = self.repo.get(cfg.name)
+        stored: dict[str, str] = dict((found.config.get("secrets") or {}) if found else {})
+        for label, value in (changes or {}).items():
+            if value is None:
+                stored.pop(label, None)
+            else:
+                stored[label] = self.box.encrypt(value)
+        used = {ref[7:] for ref in cfg.credentials if ref.startswith("secret:")}
+        if missing := sorted(used - stored.keys()):
+            raise ValueError(
+                f"credentials: 'secret:{missing[0]}' names no stored secret (give it in `secrets`)"
+            )
+        stored = {label: value for label, value in stored.items() if label in used}
+        plain = {
+            label: self.box.decrypt(value, f"secret {label!r} of channel {cfg.name!r}")
+            for label, value in stored.items()
+        }
+        admin = self.admin_configs()
+        admin[cfg.name] = dataclasses.replace(cfg, secrets=plain)
+        self.check(admin)
+        data = ChannelSettings.from_config(cfg).model_dump(mode="json", exclude={"name"})
+        if stored:
+            data["secrets"] = stored
+        self.repo.put(cfg.name, data)
+        self.rebuild()
 
     def reload_file(self) -> bool:
         """Read the configuration file again; True when the channel set changed."""

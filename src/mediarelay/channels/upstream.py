@@ -118,10 +118,13 @@ class Upstream:
             raise ValueError(f"channel {config.name!r}: type {config.type!r} needs a base_url")
         if deps.guard is None:
             raise ValueError(f"channel {config.name!r}: no outbound fetcher configured")
-        for ref in config.credentials:
-            if not ref.startswith("env:") or len(ref) < 5:
+        for i, ref in enumerate(config.credentials):
+            if ref.startswith("secret:"):
+                if ref[7:] not in config.secrets:  # only admin-API channels store secrets
+                    raise ValueError(f"channel {config.name!r}: credential {ref!r} names no stored secret")
+            elif not ref.startswith("env:") or len(ref) < 5:  # not echoed: it may be a pasted secret
                 raise ValueError(
-                    f"channel {config.name!r}: credentials are 'env:NAME' references, got {ref!r}"
+                    f"channel {config.name!r}: credential {i} is no 'env:NAME' or 'secret:LABEL' reference"
                 )
         self.config = config
         self.guard: NetGuard = deps.guard
@@ -147,7 +150,7 @@ class Upstream:
         ref = (task.upstream or {}).get("credential")
         if not ref:
             return {}
-        secret = secret_of(str(ref))
+        secret = secret_of(str(ref), self.config.secrets)
         if secret is None:
             raise TaskError(
                 "credential_missing",
@@ -185,7 +188,28 @@ class Upstream:
         accept: frozenset[int] = frozenset(),
     ) -> Reply:
         """One request (`kind`: submit | poll | cancel). Returns 2xx answers and any status in `accept`;
-        raises `TaskError` / `SubmitUnknown` for everything else, as the module docstring's table says."""
+        raises `TaskError` / `SubmitUnknown` for everything else, as the module docstring's table says.
+        Each refusal is counted by (kind, code) in the channel's health record (exported by /metrics)."""
+        try:
+            return await self._call(
+                kind, method, path, task=task, json=json, headers=headers, timeout=timeout, accept=accept
+            )
+        except TaskError as exc:
+            self.health.errors[(kind, exc.code)] += 1
+            raise
+
+    async def _call(
+        self,
+        kind: str,
+        method: str,
+        path: str,
+        *,
+        task: Task,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+        accept: frozenset[int] = frozenset(),
+    ) -> Reply:
         submit = kind == "submit"
         if timeout is None:
             timeout = self.config.submit_timeout_seconds if submit else self.config.poll_timeout_seconds

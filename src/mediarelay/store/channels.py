@@ -16,6 +16,8 @@ from typing import Any
 from sqlalchemy import and_, delete, func, insert, select, text, update
 
 from mediarelay.domain import Status, Task, now_ms
+from mediarelay.secrets import SecretBox
+from mediarelay.store.changes import publish
 from mediarelay.store.database import Database
 from mediarelay.store.schema import BUSY, channels, tasks
 
@@ -73,6 +75,28 @@ class ChannelRepo:
                 created = found[0]
         return StoredChannel(name, config, created, now)
 
+    def seal(self, box: SecretBox) -> int:
+        """Encrypt under the master key's first key every stored secret that is not yet: plaintext
+        (written by hand or by a build before encryption) and tokens of an older key (rotation).
+        Run at every start; idempotent, so nodes starting together do no harm. Raises MasterKeyError
+        (naming the channel and label, never the secret) when a token matches none of the keys."""
+        changed = 0
+        for row in self.list():
+            stored: dict[str, str] = dict(row.config.get("secrets") or {})
+            fresh = {
+                label: value if box.current(value) else box.reseal(value, f"secret {label!r} of {row.name!r}")
+                for label, value in stored.items()
+            }
+            if fresh != stored:
+                with self.db.write() as conn:
+                    conn.execute(
+                        update(channels)
+                        .where(channels.c.name == row.name, channels.c.updated_at == row.updated_at)
+                        .values(config={**row.config, "secrets": fresh})
+                    )
+                changed += 1
+        return changed
+
     def remove(self, name: str) -> bool:
         with self.db.write() as conn:
             return bool(conn.execute(delete(channels).where(channels.c.name == name)).rowcount)
@@ -95,12 +119,14 @@ class ChannelRepo:
         with self.db.read() as conn:
             return {name: int(n) for name, n in conn.execute(query).all()}
 
-    def claim(self, task: Task, channel: str, limit: int, upstream: dict[str, Any]) -> bool | None:
+    def claim(
+        self, task: Task, channel: str, limit: int, upstream: dict[str, Any], now: int | None = None
+    ) -> bool | None:
         """Mark `task` as being submitted to `channel` if it has a free slot.
 
-        True: claimed (the task's version went up by one). False: the channel is full. None: the task
-        changed since it was read (someone else acted on it: leave it)."""
-        now = now_ms()
+        True: claimed (the task's version went up by one, `updated_at` is `now`). False: the channel is
+        full. None: the task changed since it was read (someone else acted on it: leave it)."""
+        now = now_ms() if now is None else now
         with self.db.write() as conn:
             if not self.db.is_sqlite:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(channel)})
@@ -114,4 +140,8 @@ class ChannelRepo:
                 .where(and_(tasks.c.id == task.id, tasks.c.version == task.version))
                 .values(channel=channel, upstream=upstream, version=task.version + 1, updated_at=now)
             )
-            return None if done.rowcount != 1 else True
+            if done.rowcount != 1:
+                return None
+            if not self.db.is_sqlite:
+                publish(conn, task.id, task.version + 1)  # a change like any other: API nodes hear it
+            return True

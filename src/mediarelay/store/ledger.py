@@ -255,6 +255,9 @@ def active_count(conn: Connection, key_id: str) -> int:
     return int(value or 0)
 
 
+_INSERT_CHARGE = insert(task_charges)
+
+
 def open_charge(
     conn: Connection,
     *,
@@ -271,19 +274,20 @@ def open_charge(
     """Record the task's charge and pre-deduct its estimate, guarded by the key's credit limit (False:
     refused, the caller rolls back). A free task gets its row but no ledger entry."""
     conn.execute(
-        insert(task_charges).values(
-            task_id=task_id,
-            public_id=public_id,
-            key_id=key_id,
-            dialect=dialect,
-            model=model,
-            operation=operation,
-            price=price,
-            estimate=estimate,
-            amount=estimate,
-            state=OPEN,
-            created_at=now,
-        )
+        _INSERT_CHARGE,  # prebuilt: compiled once (every submit runs this)
+        {
+            "task_id": task_id,
+            "public_id": public_id,
+            "key_id": key_id,
+            "dialect": dialect,
+            "model": model,
+            "operation": operation,
+            "price": price,
+            "estimate": estimate,
+            "amount": estimate,
+            "state": OPEN,
+            "created_at": now,
+        },
     )
     if not estimate:
         return True

@@ -44,8 +44,4 @@ def update_channel(manager: Any, name: str, changes: dict[str, Any]) -> None:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ValueError(problems) from None
-    admin = manager.admin_configs()
-    admin[name] = cfg
-    manager.check(admin)
-    manager.repo.put(name, ChannelSettings.from_config(cfg).model_dump(mode="json", exclude={"name"}))
-    manager.rebuild()
+    manager.store(cfg)  # keeps the channel's stored (encrypted) secrets
