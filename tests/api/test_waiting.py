@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import time
 from collections.abc import Callable
@@ -152,3 +153,19 @@ def test_sse_sees_every_state_change_in_order(server: Server, api: httpx.Client,
     assert [s for i, s in enumerate(statuses) if i == 0 or s != statuses[i - 1]] == logged
     # A reconnect with Last-Event-ID of the final event gets nothing more and ends.
     assert read_events(server, user_key, task_id, {"Last-Event-ID": str(versions[-1])}) == []
+
+
+def test_streams_opened_at_once_after_submit_skip_no_version(
+    server: Server, api: httpx.Client, user_key: str
+) -> None:
+    """Opened while the dispatch is under way, a stream must still see the channel claim (a version of
+    its own): once it did not, because the claim was written without telling the views."""
+
+    def versions_seen(_: int) -> list[int]:
+        r = api.post("/pika/generate", json=PIKA, headers={"X-Sandbox-Queue": "1", "X-Sandbox-Duration": "0.5"})
+        return [e["id"] for e in read_events(server, user_key, r.json()["id"])]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        seen = list(pool.map(versions_seen, range(24)))
+    gaps = [v for v in seen if v != list(range(v[0], v[-1] + 1))]
+    assert not gaps, f"{len(gaps)} of {len(seen)} streams skipped a version: {gaps[:3]}"

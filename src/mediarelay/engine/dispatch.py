@@ -86,22 +86,24 @@ class Dispatcher:
             if wait > 0:
                 waits.append(wait)
                 continue
-            credential = health.credential(channel.config.credentials)
+            credential = health.credential(channel.config.credentials, channel.config.secrets)
             upstream: dict[str, Any] = {
                 **{k: v for k, v in (task.upstream or {}).items() if k == "history"},
                 "submit": {"channel": name, "at": now_ms(), "tries": 1},
             }
             if credential:
                 upstream["credential"] = credential
+            at = now_ms()
             claimed = await asyncio.to_thread(
-                self.engine.claims.claim, task, name, channel.config.max_concurrency, upstream
+                self.engine.claims.claim, task, name, channel.config.max_concurrency, upstream, at
             )
             if claimed is None:
                 return  # the task changed meanwhile (a cancel): nothing to do
             if claimed is False:
                 waits.append(random.uniform(0.5, 1.5))  # full: look again soon
                 continue
-            task = replace(task, channel=name, upstream=upstream, version=task.version + 1)
+            task = replace(task, channel=name, upstream=upstream, version=task.version + 1, updated_at=at)
+            await self.engine._emit(task)  # a version like any other: event streams show every one
             if not health.breaker.allow():  # half-open and another step took the probe meanwhile
                 waits.append(1.0)
                 released = await self._release(task, None)
@@ -151,7 +153,7 @@ class Dispatcher:
         if last is None:
             # Only waiting (full, throttled, breaker open): no attempt is used up.
             delay = min(30.0, max(0.2, min(waits) if waits else 1.0)) * random.uniform(1.0, 1.2)
-            await asyncio.to_thread(self.engine.repo.schedule, task, now_ms() + int(delay * 1000))
+            await self.engine._schedule(task, now_ms() + int(delay * 1000))
             return
         if task.attempt + 1 >= MAX_DISPATCH_ATTEMPTS:
             await self.engine._fail(task, last.code, last.message)
@@ -241,7 +243,7 @@ class Dispatcher:
         health = self.channels.health_of(channel.config.name)
         wait = health.submit_wait()
         if wait > 0:
-            await asyncio.to_thread(self.engine.repo.schedule, task, now_ms() + int(min(wait, 60) * 1000))
+            await self.engine._schedule(task, now_ms() + int(min(wait, 60) * 1000))
             return
         marker = dict((task.upstream or {}).get("submit") or {})
         marker.update(tries=int(marker.get("tries", 1)) + 1, at=now_ms())
