@@ -11,6 +11,7 @@ from starlette.types import ASGIApp
 from mediarelay import __version__
 from mediarelay.api import account, admin, admin_channels, files, native, openapi, operations, webhooks
 from mediarelay.api.fastpath import FastStatus
+from mediarelay.api.fastsubmit import FastSubmit
 from mediarelay.api.limits import BodyLimit
 from mediarelay.api.metrics import instrument
 from mediarelay.api.routes import dialect_router
@@ -55,6 +56,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     # Outermost last: the metrics layer times everything; status GETs are answered before any framework
     # code runs.
-    app: ASGIApp = BodyLimit(api, svc.errors, svc.settings.max_body_bytes)
+    app: ASGIApp = BodyLimit(FastSubmit(api, svc, DIALECTS), svc.errors, svc.settings.max_body_bytes)
     # The request id layer is outside everything, so every log line of a request carries its id.
     return RequestId(instrument(FastStatus(app, svc.status, DIALECTS), api.state, svc.db, svc.channels))

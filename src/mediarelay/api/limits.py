@@ -53,16 +53,21 @@ class BodyLimit:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        sent = False
+        await self.app(_json_by_default(scope, body), replayed(body, receive), send)
 
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
 
-        await self.app(_json_by_default(scope, body), replay, send)
+def replayed(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands the inner app a body already read, then passes on what follows."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 def _json_by_default(scope: Scope, body: bytes) -> Scope:
