@@ -22,6 +22,7 @@ import asyncio
 import logging
 import random
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from mediarelay.channels.base import Channel, Submitted, SubmitUnknown, Unsupported
@@ -94,8 +95,15 @@ class Dispatcher:
             if credential:
                 upstream["credential"] = credential
             at = now_ms()
-            claimed = await asyncio.to_thread(
-                self.engine.claims.claim, task, name, channel.config.max_concurrency, upstream, at
+            claimed = await self.engine.commits.run(
+                partial(
+                    self.engine.claims.claim_in,
+                    task=task,
+                    channel=name,
+                    limit=channel.config.max_concurrency,
+                    upstream=upstream,
+                    now=at,
+                )
             )
             if claimed is None:
                 return  # the task changed meanwhile (a cancel): nothing to do

@@ -20,10 +20,9 @@ from typing import Any
 from mediarelay import logs, media
 from mediarelay.channels.base import Channel, Output, PollResult
 from mediarelay.channels.registry import ChannelSet
-from mediarelay.domain import Status, Task, TaskError, TaskSpec, now_ms
+from mediarelay.domain import MediarelayError, Status, Task, TaskError, TaskSpec, now_ms
 from mediarelay.engine.cadence import BLIND, ENDGAME_PROGRESS, FAST, next_poll_delay, retry_backoff
 from mediarelay.engine.dispatch import Dispatcher
-from mediarelay.engine.submits import SubmitBatcher
 from mediarelay.processing.pool import BrokenProcessPool, WorkerPool
 from mediarelay.storage.base import Storage
 from mediarelay.store.channels import ChannelRepo
@@ -67,8 +66,7 @@ class Engine:
         self.dispatcher = Dispatcher(self)
         self._background: set[asyncio.Task[None]] = set()  # upstream cancels under way
         self.listeners: list[Listener] = []
-        self.submits = SubmitBatcher(repo)  # group commit of concurrent submits
-        self.commits = GroupCommit(repo.db)  # …and of the steps' writes
+        self.commits = GroupCommit(repo.db)  # submits, claims and the steps' writes, committed together
         self.wakers: list[Callable[[], None]] = []
         self._finalize_slots = asyncio.Semaphore(finalize_concurrency)
         # Probing and previews decode untrusted media: in worker processes (started on first use), they
@@ -126,10 +124,16 @@ class Engine:
     async def submit(self, spec: TaskSpec, key_id: str, *, idempotency: Idempotency | None = None) -> Task:
         """Store the task durably (and charge it, in the same transaction), then let the driver take it;
         returns the stored task, or the original one for a repeated `Idempotency-Key`."""
-        if spec.children:
+        if spec.children or not self.commits.batched:
+            # PostgreSQL takes concurrent writers (and resolves a twin Idempotency-Key's race here).
             task, created = await asyncio.to_thread(self.repo.create_once, spec, key_id, idempotency)
         else:
-            task, created = await self.submits.create(spec, key_id, idempotency)
+            made = await self.commits.run(
+                lambda conn: self.repo.create_in(conn, spec, key_id, idempotency, now_ms())
+            )
+            if isinstance(made, MediarelayError):
+                raise made
+            task, created = made
         if not created:
             return task
         log.info("task accepted: %s %s", task.operation.value, task.model, extra={"task_id": task.id})

@@ -13,7 +13,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, text, update
+from sqlalchemy import Connection, and_, bindparam, delete, func, insert, select, text, update
 
 from mediarelay.domain import Status, Task, now_ms
 from mediarelay.secrets import SecretBox
@@ -33,6 +33,22 @@ class StoredChannel:
     config: dict[str, Any]
     created_at: int
     updated_at: int
+
+
+# Prebuilt: every dispatch claims (building the statements cost more than running them).
+_BUSY_ON = select(func.count()).where(
+    tasks.c.channel == bindparam("on_channel"), BUSY_LITERAL, tasks.c.id != bindparam("task_id")
+)
+_CLAIM = (
+    update(tasks)
+    .where(and_(tasks.c.id == bindparam("task_id"), tasks.c.version == bindparam("seen_version")))
+    .values(
+        channel=bindparam("new_channel"),
+        upstream=bindparam("new_upstream", type_=tasks.c.upstream.type),
+        version=bindparam("new_version"),
+        updated_at=bindparam("now"),
+    )
+)
 
 
 def lock_key(name: str) -> int:
@@ -119,29 +135,38 @@ class ChannelRepo:
         with self.db.read() as conn:
             return {name: int(n) for name, n in conn.execute(query).all()}
 
-    def claim(
-        self, task: Task, channel: str, limit: int, upstream: dict[str, Any], now: int | None = None
+    def claim(self, task: Task, channel: str, limit: int, upstream: dict[str, Any]) -> bool | None:
+        """`claim_in` in a transaction of its own."""
+        with self.db.write() as conn:
+            return self.claim_in(conn, task, channel, limit, upstream, now_ms())
+
+    def claim_in(
+        self, conn: Connection, task: Task, channel: str, limit: int, upstream: dict[str, Any], now: int
     ) -> bool | None:
-        """Mark `task` as being submitted to `channel` if it has a free slot.
+        """Mark `task` as being submitted to `channel` if it has a free slot, inside a write transaction
+        the caller holds (on SQLite the group commit shares it: the count sees earlier claims of the
+        same batch).
 
         True: claimed (the task's version went up by one, `updated_at` is `now`). False: the channel is
         full. None: the task changed since it was read (someone else acted on it: leave it)."""
-        now = now_ms() if now is None else now
-        with self.db.write() as conn:
-            if not self.db.is_sqlite:
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(channel)})
-            busy = conn.execute(
-                select(func.count()).where(tasks.c.channel == channel, BUSY_LITERAL, tasks.c.id != task.id)
-            ).scalar_one()
-            if busy >= limit:
-                return False
-            done = conn.execute(
-                update(tasks)
-                .where(and_(tasks.c.id == task.id, tasks.c.version == task.version))
-                .values(channel=channel, upstream=upstream, version=task.version + 1, updated_at=now)
-            )
-            if done.rowcount != 1:
-                return None
-            if not self.db.is_sqlite:
-                publish(conn, task.id, task.version + 1)  # a change like any other: API nodes hear it
-            return True
+        if not self.db.is_sqlite:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(channel)})
+        busy = conn.execute(_BUSY_ON, {"on_channel": channel, "task_id": task.id}).scalar_one()
+        if busy >= limit:
+            return False
+        done = conn.execute(
+            _CLAIM,
+            {
+                "task_id": task.id,
+                "seen_version": task.version,
+                "new_channel": channel,
+                "new_upstream": upstream,
+                "new_version": task.version + 1,
+                "now": now,
+            },
+        )
+        if done.rowcount != 1:
+            return None
+        if not self.db.is_sqlite:
+            publish(conn, task.id, task.version + 1)  # a change like any other: API nodes hear it
+        return True

@@ -224,35 +224,28 @@ class TaskRepo:
                 self._insert(conn, child_id, child, key_id, parent_id, now, runnable=True)
             return self._load(conn, [parent_id])[0], True
 
-    def create_batch(
-        self, items: Sequence[tuple[TaskSpec, str, Idempotency | None]]
-    ) -> list[tuple[Task, bool] | MediarelayError]:
-        """Several single-task submits in one transaction: one lock, one commit (group commit), which
-        is what makes durable submits cheap on SQLite. A submit refused by its own checks (limits, funds,
-        an idempotency conflict) is refused alone: its checks all run before it writes anything. Any
-        other error rolls the whole batch back and raises; the caller then submits one by one."""
-        now = now_ms()
-        out: list[tuple[Task, bool] | MediarelayError] = []
-        with self.db.write() as conn:
-            for spec, key_id, idem in items:
-                assert not spec.children, "fan-out submits go through create_once"
-                task_id = new_task_id()
-                try:
-                    if idem is not None and (original := self._replay(conn, key_id, idem, now)) is not None:
-                        out.append((original, False))
-                        continue
-                    if self.hooks is not None:  # checks first (they may refuse), then the writes
-                        self.hooks.created(conn, key_id, [(task_id, spec)], now)
-                except MediarelayError as exc:
-                    # A refused charge leaves its charge row (a lone submit rolls back): remove it.
-                    conn.execute(delete(task_charges).where(task_charges.c.task_id == task_id))
-                    out.append(exc)
-                    continue
-                if idem is not None:
-                    ledger.remember_idempotent(conn, key_id, idem.key, idem.fingerprint, task_id, now)
-                self._insert(conn, task_id, spec, key_id, None, now, runnable=True)
-                out.append((_task(conn.execute(_SELECT_TASK, {"id": task_id}).one()), True))  # no assets yet
-        return out
+    def create_in(
+        self, conn: Connection, spec: TaskSpec, key_id: str, idem: Idempotency | None, now: int
+    ) -> tuple[Task, bool] | MediarelayError:
+        """A single-task submit inside a write transaction the caller holds (the group commit shares it
+        with other writes: one lock and one commit for many submits on SQLite). A submit refused by its
+        own checks (limits, funds, an idempotency conflict) is returned, not raised: its checks all run
+        before it writes anything, so the shared transaction stays good for the others."""
+        assert not spec.children, "fan-out submits go through create_once"
+        task_id = new_task_id()
+        try:
+            if idem is not None and (original := self._replay(conn, key_id, idem, now)) is not None:
+                return original, False
+            if self.hooks is not None:  # checks first (they may refuse), then the writes
+                self.hooks.created(conn, key_id, [(task_id, spec)], now)
+        except MediarelayError as exc:
+            # A refused charge leaves its charge row (a lone submit rolls back): remove it.
+            conn.execute(delete(task_charges).where(task_charges.c.task_id == task_id))
+            return exc
+        if idem is not None:
+            ledger.remember_idempotent(conn, key_id, idem.key, idem.fingerprint, task_id, now)
+        self._insert(conn, task_id, spec, key_id, None, now, runnable=True)
+        return _task(conn.execute(_SELECT_TASK, {"id": task_id}).one()), True  # no assets yet
 
     def _insert(
         self,
