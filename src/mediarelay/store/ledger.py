@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, case, func, insert, literal, or_, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, case, func, insert, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from mediarelay.store.schema import accounts, billing_prices, idempotency_keys, ledger, task_charges
@@ -132,12 +132,14 @@ def ensure_account(conn: Connection, key_id: str, now: int) -> None:
         conn.execute(insert(accounts).values(**values))
 
 
+# Prebuilt: every submit reads its account (building the statement cost more than running it).
+_ACCOUNT = select(accounts).where(accounts.c.key_id == bindparam("key_id"))
+_ACCOUNT_LOCKED = _ACCOUNT.with_for_update()
+
+
 def get_account(conn: Connection, key_id: str, *, lock: bool = False) -> Account | None:
     """The account; `lock` holds its row until the transaction ends (PostgreSQL; SQLite has one writer)."""
-    query = select(accounts).where(accounts.c.key_id == key_id)
-    if lock:
-        query = query.with_for_update()
-    row = conn.execute(query).first()
+    row = conn.execute(_ACCOUNT_LOCKED if lock else _ACCOUNT, {"key_id": key_id}).first()
     return _account(row) if row else None
 
 
