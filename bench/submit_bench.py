@@ -8,7 +8,7 @@ rows counted in the database file; every acknowledged submit must be there. The 
 the same run with the same wrk settings, is nginx answering the same POST with a fixed 200 (an upper
 bound for any HTTP server on this machine, not a like-for-like gateway).
 
-    .venv/bin/python bench/submit_bench.py --duration 10
+    .venv/bin/python bench/submit_bench.py --duration 10 [--profile stacks.txt]
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--server", default="granian", choices=["granian", "uvicorn"])
+    parser.add_argument("--profile", type=Path, help="write py-spy's collapsed stacks of the server here")
     args = parser.parse_args()
     need_tools("wrk", "nginx")
     tmp = Path(tempfile.mkdtemp(prefix="submit-bench-"))
@@ -63,7 +64,16 @@ def main() -> None:
         key = proc.stdout.readline().decode().strip()
         script = tmp / "submit.lua"
         script.write_text(lua(key))
+        spy = None
+        if args.profile:  # py-spy samples whichever thread holds the GIL while wrk runs
+            spy = subprocess.Popen(
+                [str(BIN.parent / "py-spy"), "record", "-p", str(proc.pid), "-d", str(args.duration),
+                 "-r", "200", "--format", "raw", "-o", str(args.profile), "--gil"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
         ours = wrk(f"http://127.0.0.1:{port}/v1/tasks", args.connections, args.duration, script)
+        if spy is not None:
+            spy.wait()
         time.sleep(0.5)
         proc.send_signal(signal.SIGKILL)  # durable means: in the file when acknowledged
         proc.wait()
