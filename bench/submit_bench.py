@@ -8,7 +8,7 @@ rows counted in the database file; every acknowledged submit must be there. The 
 the same run with the same wrk settings, is nginx answering the same POST with a fixed 200 (an upper
 bound for any HTTP server on this machine, not a like-for-like gateway).
 
-    .venv/bin/python bench/submit_bench.py --duration 10 [--profile stacks.txt]
+    .venv/bin/python bench/submit_bench.py --duration 10 [--profile stacks.txt]  # profile: pip install -e ".[bench]"
 """
 
 from __future__ import annotations
