@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Row, and_, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Connection, Row, Update, and_, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from ulid import ULID
 
@@ -97,6 +97,26 @@ class StepQueue(Protocol):
 _INSERT_TASK = insert(tasks)
 _INSERT_EVENT = insert(task_events)
 _SELECT_TASK = select(tasks).where(tasks.c.id == bindparam("id"))
+_SCHEDULE = (
+    update(tasks)
+    .where(and_(tasks.c.id == bindparam("cas_id"), tasks.c.version == bindparam("cas_version")))
+    .values(next_run_at=bindparam("set_next_run_at"))
+)
+_UPDATES: dict[frozenset[str], Update] = {}
+
+
+def _update_of(columns: frozenset[str]) -> Update:
+    """The compare-and-set update of these columns, built once per set of columns: every poll writes one,
+    and building the statement cost more than running it."""
+    statement = _UPDATES.get(columns)
+    if statement is None:
+        statement = (
+            update(tasks)
+            .where(and_(tasks.c.id == bindparam("cas_id"), tasks.c.version == bindparam("cas_version")))
+            .values({c: bindparam(f"set_{c}", type_=tasks.c[c].type) for c in columns})
+        )
+        _UPDATES[columns] = statement
+    return statement
 
 
 def new_task_id() -> str:
@@ -445,22 +465,24 @@ class TaskRepo:
         now = now_ms()
         values = {k: (v.value if isinstance(v, Status) else v) for k, v in changes.items()}
         values.update(version=task.version + 1, updated_at=now)
+        params = {f"set_{k}": v for k, v in values.items()}
         result = conn.execute(
-            update(tasks).where(and_(tasks.c.id == task.id, tasks.c.version == task.version)).values(**values)
+            _update_of(frozenset(values)), {**params, "cas_id": task.id, "cas_version": task.version}
         )
         if result.rowcount != 1:
             return None
         status = values.get("status", task.status.value)
         if status != task.status.value:
             conn.execute(
-                insert(task_events).values(
-                    task_id=task.id,
-                    version=task.version + 1,
-                    status=status,
-                    progress=values.get("progress", task.progress),
-                    detail=event_detail,
-                    at=now,
-                )
+                _INSERT_EVENT,
+                {
+                    "task_id": task.id,
+                    "version": task.version + 1,
+                    "status": status,
+                    "progress": values.get("progress", task.progress),
+                    "detail": event_detail,
+                    "at": now,
+                },
             )
             # The webhook outbox row commits (or not) with the change it reports.
             if enqueue_status_event(conn, task, status, task.version + 1, now) and self.queue:
@@ -512,9 +534,7 @@ class TaskRepo:
     def schedule_in(self, conn: Connection, task: Task, next_run_at: int) -> None:
         """`schedule` inside a write transaction the caller holds."""
         moved = conn.execute(
-            update(tasks)
-            .where(tasks.c.id == task.id, tasks.c.version == task.version)
-            .values(next_run_at=next_run_at)
+            _SCHEDULE, {"cas_id": task.id, "cas_version": task.version, "set_next_run_at": next_run_at}
         )
         if moved.rowcount:
             self._due(conn, task.id, next_run_at)
