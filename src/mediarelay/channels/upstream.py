@@ -19,8 +19,10 @@ opening it, 429 pauses submits without counting as a failure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -190,89 +192,83 @@ class Upstream:
         """One request (`kind`: submit | poll | cancel). Returns 2xx answers and any status in `accept`;
         raises `TaskError` / `SubmitUnknown` for everything else, as the module docstring's table says.
         Each refusal is counted by (kind, code) in the channel's health record (exported by /metrics)."""
+        with self._counting(kind):
+            submit = kind == "submit"
+            if timeout is None:
+                timeout = self.config.submit_timeout_seconds if submit else self.config.poll_timeout_seconds
+            hdrs = {"accept": "application/json", **self.auth(task), **(headers or {})}
+            content = None
+            if json is not None:
+                content = orjson.dumps(json)
+                hdrs["content-type"] = "application/json"
+            await self._token(kind)
+            where = f"channel {self.name}: {method} {path}"
+            try:
+                got = await self.guard.request(
+                    method,
+                    self.url(path),
+                    content=content,
+                    headers=hdrs,
+                    timeout=timeout,
+                    max_bytes=MAX_ANSWER_BYTES,
+                )
+            except Blocked as exc:
+                self.health.failed(str(exc))
+                raise TaskError("upstream_blocked", f"{where}: {exc}", retryable=True) from None
+            except (
+                Unresolvable,
+                httpx.ConnectError,
+                httpx.ConnectTimeout,
+                httpx.PoolTimeout,
+                httpx.WriteError,
+                httpx.WriteTimeout,
+            ) as exc:
+                # Nothing reached the upstream (or not all of the request): safe to send again.
+                message = f"{where}: not reachable ({_describe(exc)})"
+                self.health.failed(message)
+                raise TaskError("upstream_unreachable", message, retryable=True) from None
+            except (TimeoutError, httpx.TimeoutException) as exc:
+                message = f"{where}: no answer within {timeout:g} s"
+                self.health.failed(message)
+                raise (
+                    SubmitUnknown(message)
+                    if submit
+                    else TaskError("upstream_timeout", message, retryable=True)
+                ) from exc
+            except (httpx.HTTPError, TooLarge) as exc:
+                message = f"{where}: the answer was cut off or unreadable ({_describe(exc)})"
+                self.health.failed(message)
+                raise (
+                    SubmitUnknown(message) if submit else TaskError("upstream_error", message, retryable=True)
+                ) from None
+            reply = Reply(got.status, got.headers, got.body)
+            status = got.status
+            if 200 <= status < 300 or status in accept:
+                self.health.ok()
+                return reply
+            message = f"{where}: HTTP {status}: {upstream_message(got.body)}"
+            if status == 429:
+                wait = retry_after(got.headers) or 5.0
+                self.health.throttled(wait, message)
+                raise TaskError("upstream_rate_limited", message, retryable=True, retry_after=wait)
+            if status >= 500 or status in (401, 403) or (submit and status in (404, 405)):
+                self.health.failed(message)
+                if submit and status == 504:  # a gateway gave up waiting for the upstream: it may have it
+                    raise SubmitUnknown(message)
+                raise TaskError(
+                    "upstream_error", message, retryable=True, retry_after=retry_after(got.headers)
+                )
+            self.health.ok()
+            raise TaskError("upstream_rejected", message)
+
+    @contextlib.contextmanager
+    def _counting(self, kind: str) -> Iterator[None]:
+        """Count each refusal by (kind, code) in the channel's health record (exported by /metrics)."""
         try:
-            return await self._call(
-                kind, method, path, task=task, json=json, headers=headers, timeout=timeout, accept=accept
-            )
+            yield
         except TaskError as exc:
             self.health.errors[(kind, exc.code)] += 1
             raise
-
-    async def _call(
-        self,
-        kind: str,
-        method: str,
-        path: str,
-        *,
-        task: Task,
-        json: Any = None,
-        headers: dict[str, str] | None = None,
-        timeout: float | None = None,
-        accept: frozenset[int] = frozenset(),
-    ) -> Reply:
-        submit = kind == "submit"
-        if timeout is None:
-            timeout = self.config.submit_timeout_seconds if submit else self.config.poll_timeout_seconds
-        hdrs = {"accept": "application/json", **self.auth(task), **(headers or {})}
-        content = None
-        if json is not None:
-            content = orjson.dumps(json)
-            hdrs["content-type"] = "application/json"
-        await self._token(kind)
-        where = f"channel {self.name}: {method} {path}"
-        try:
-            got = await self.guard.request(
-                method,
-                self.url(path),
-                content=content,
-                headers=hdrs,
-                timeout=timeout,
-                max_bytes=MAX_ANSWER_BYTES,
-            )
-        except Blocked as exc:
-            self.health.failed(str(exc))
-            raise TaskError("upstream_blocked", f"{where}: {exc}", retryable=True) from None
-        except (
-            Unresolvable,
-            httpx.ConnectError,
-            httpx.ConnectTimeout,
-            httpx.PoolTimeout,
-            httpx.WriteError,
-            httpx.WriteTimeout,
-        ) as exc:
-            # Nothing reached the upstream (or not all of the request): safe to send again.
-            message = f"{where}: not reachable ({_describe(exc)})"
-            self.health.failed(message)
-            raise TaskError("upstream_unreachable", message, retryable=True) from None
-        except (TimeoutError, httpx.TimeoutException) as exc:
-            message = f"{where}: no answer within {timeout:g} s"
-            self.health.failed(message)
-            raise (
-                SubmitUnknown(message) if submit else TaskError("upstream_timeout", message, retryable=True)
-            ) from exc
-        except (httpx.HTTPError, TooLarge) as exc:
-            message = f"{where}: the answer was cut off or unreadable ({_describe(exc)})"
-            self.health.failed(message)
-            raise (
-                SubmitUnknown(message) if submit else TaskError("upstream_error", message, retryable=True)
-            ) from None
-        reply = Reply(got.status, got.headers, got.body)
-        status = got.status
-        if 200 <= status < 300 or status in accept:
-            self.health.ok()
-            return reply
-        message = f"{where}: HTTP {status}: {upstream_message(got.body)}"
-        if status == 429:
-            wait = retry_after(got.headers) or 5.0
-            self.health.throttled(wait, message)
-            raise TaskError("upstream_rate_limited", message, retryable=True, retry_after=wait)
-        if status >= 500 or status in (401, 403) or (submit and status in (404, 405)):
-            self.health.failed(message)
-            if submit and status == 504:  # a gateway gave up waiting for the upstream: it may have it
-                raise SubmitUnknown(message)
-            raise TaskError("upstream_error", message, retryable=True, retry_after=retry_after(got.headers))
-        self.health.ok()
-        raise TaskError("upstream_rejected", message)
 
     def parse(self, model: type[Model], reply: Reply, *, kind: str) -> Model:
         """The answer as the dialect's (tolerant) response model; an unreadable answer to a submit is
