@@ -36,6 +36,31 @@ from mediarelay.store.database import Database
 BIN = Path(sys.executable).parent / "mediarelay"
 PG_ADMIN = os.environ.get("MEDIARELAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 SERVER_DB = os.environ.get("MEDIARELAY_TEST_DATABASE", "sqlite")
+
+# Submit bodies several test modules share: a small Pika request, and the Pika seed's own example.
+PIKA = {
+    "promptText": "a kite",
+    "options": {
+        "aspectRatio": 1.0,
+        "frameRate": 12,
+        "parameters": {"guidanceScale": 12, "motion": 1, "negativePrompt": ""},
+        "extend": False,
+    },
+}
+PIKA_SEED = {
+    "promptText": "moving",
+    "model": "1.5",
+    "options": {
+        "aspectRatio": 1.7777777777777777,
+        "frameRate": 24,
+        "camera": {},
+        "parameters": {"guidanceScale": 12, "motion": 1, "negativePrompt": ""},
+        "extend": False,
+    },
+}
+# A one-second 64×64 sandbox video (fast to make and to probe).
+TINY = {"model": "tiny", "operation": "text_to_video", "prompt": "a tiny square", "width": 64, "height": 64,
+        "seconds": 1, "fps": 8}  # fmt: skip
 # Scaled out, every node must share the master key (docs/security.md): give every process the tests start
 # one (copied with os.environ); tests of the embedded key file pass MEDIARELAY_MASTER_KEY="" to drop it.
 TEST_MASTER_KEY = "dGVzdC1tYXN0ZXIta2V5LW1lZGlhcmVsYXktMDAwMDA="

@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from conftest import Server, start_server, wait_until
+from conftest import PIKA_SEED, Server, start_server, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -148,17 +148,7 @@ SUBMITS: list[tuple[str, dict[str, Any], str, str, Callable[[Any], str]]] = [
     ),
     (
         "/pika/generate",
-        {
-            "promptText": "moving",
-            "model": "1.5",
-            "options": {
-                "aspectRatio": 1.7777777777777777,
-                "frameRate": 24,
-                "camera": {},
-                "parameters": {"guidanceScale": 12, "motion": 1, "negativePrompt": ""},
-                "extend": False,
-            },
-        },
+        PIKA_SEED,
         "/pika/feed/{task_id}",
         "/pika/feed/{task_id}/cancel",
         lambda r: r["id"],

@@ -8,10 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from conftest import start_server, wait_until
-
-TINY = {"model": "tiny", "operation": "text_to_video", "prompt": "a tiny square", "width": 64, "height": 64,
-        "seconds": 1, "fps": 8}
+from conftest import TINY, start_server, wait_until
 
 
 def lines(path: Path) -> list[dict[str, Any]]:

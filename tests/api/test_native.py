@@ -8,17 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import Server, wait_until
+from conftest import PIKA, Server, wait_until
 
-PIKA = {
-    "promptText": "a kite",
-    "options": {
-        "aspectRatio": 1.0,
-        "frameRate": 12,
-        "parameters": {"guidanceScale": 12, "motion": 1, "negativePrompt": ""},
-        "extend": False,
-    },
-}
 VIEW_FIELDS = {
     "id": str,
     "object": str,

@@ -13,18 +13,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Server, start_server, wait_until
+from conftest import PIKA, Server, start_server, wait_until
 from mediarelay.api.operations import Readiness
 
-PIKA = {
-    "promptText": "a kite",
-    "options": {
-        "aspectRatio": 1.0,
-        "frameRate": 12,
-        "parameters": {"guidanceScale": 12, "motion": 1, "negativePrompt": ""},
-        "extend": False,
-    },
-}
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 

@@ -17,17 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import Server, wait_until
+from conftest import PIKA, Server, wait_until
 
-PIKA = {
-    "promptText": "a kite",
-    "options": {
-        "aspectRatio": 1.0,
-        "frameRate": 12,
-        "parameters": {"guidanceScale": 12, "motion": 1, "negativePrompt": ""},
-        "extend": False,
-    },
-}
 SUBMITS: dict[str, tuple[str, dict[str, Any]]] = {
     "avatar": (
         "/avatar/generation",

@@ -11,17 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import Server
-
-PIKA = {
-    "promptText": "a kite",
-    "options": {
-        "aspectRatio": 1.0,
-        "frameRate": 12,
-        "parameters": {"guidanceScale": 12, "motion": 1, "negativePrompt": ""},
-        "extend": False,
-    },
-}
+from conftest import PIKA, Server
 
 # dialect: (submit path, body, id from answer, status path, extra query params)
 Case = tuple[str, dict[str, Any], Callable[[Any], str], Callable[[str], tuple[str, dict[str, str]]]]

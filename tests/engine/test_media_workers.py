@@ -10,10 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from conftest import Server, start_server, wait_until
-
-TINY = {"model": "tiny", "operation": "text_to_video", "prompt": "a tiny square", "width": 64, "height": 64,
-        "seconds": 1, "fps": 8}
+from conftest import TINY, Server, start_server, wait_until
 
 
 def descendants(pid: int) -> list[int]:

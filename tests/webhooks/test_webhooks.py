@@ -21,20 +21,9 @@ import httpx
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from conftest import Server, free_port, start_server, wait_until
+from conftest import PIKA_SEED, Server, free_port, start_server, wait_until
 
 AVATAR = {"avatar_url": "https://example.com/face.png", "audio_url": "https://example.com/voice.mp3"}
-PIKA = {
-    "promptText": "moving",
-    "model": "1.5",
-    "options": {
-        "aspectRatio": 1.7777777777777777,
-        "frameRate": 24,
-        "camera": {},
-        "parameters": {"guidanceScale": 12, "motion": 1, "negativePrompt": ""},
-        "extend": False,
-    },
-}
 SORA = {
     "model": "sora-2",
     "prompt": "make animate",
@@ -252,7 +241,7 @@ def test_natural_fields_and_the_key_default(wh: Server, recv: Receiver) -> None:
             "url": recv.url("/default"),
             "secret": secret,
         }
-        pika = b.post("/pika/generate", json={**PIKA, "callbackUrl": recv.url("/pika")}, headers=HOLD)
+        pika = b.post("/pika/generate", json={**PIKA_SEED, "callbackUrl": recv.url("/pika")}, headers=HOLD)
         sora = b.post("/v1/video/create", json={**SORA, "callback_url": recv.url("/uv")}, headers=HOLD)
         batch = b.post("/createTask", json={**FACESWAP_VIDEOS, "callbackUrl": recv.url("/fs")})
         failing = b.post("/avatar/generation", json=AVATAR, headers={"X-Sandbox-Fail": "boom"})
@@ -465,7 +454,7 @@ def test_literal_private_destinations_are_refused_at_submit(server: Server, api:
         r = api.post("/avatar/generation", json=AVATAR, headers={"X-Webhook-Url": url})
         assert r.status_code == 400 and r.json()["code"] == "invalid_request", (url, r.text)
         assert "X-Webhook-Url" in r.json()["message"]
-        r = api.post("/pika/generate", json={**PIKA, "callbackUrl": url})
+        r = api.post("/pika/generate", json={**PIKA_SEED, "callbackUrl": url})
         assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", (url, r.text)
         assert "callbackUrl" in r.json()["error"]["message"]
         r = api.post("/v1/video/create", json={**SORA, "callback_url": url})
