@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -17,7 +17,8 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from mediarelay.api.services import Services
-from mediarelay.domain import Task, invalid
+from mediarelay.dialects.base import Dialect
+from mediarelay.domain import Task, TaskSpec, invalid
 from mediarelay.store.keys import ApiKey
 from mediarelay.store.tasks import Idempotency
 
@@ -109,6 +110,19 @@ async def admit(
     idem = Idempotency(key=idem_key, fingerprint=digest, ttl_ms=svc.billing.idempotency_ms)
     original = await asyncio.to_thread(svc.tasks.replay, key.id, idem)
     return original, idem
+
+
+async def submit_admitted(
+    svc: Services, dialect: Dialect, request: Request, key: ApiKey, spec: Callable[[], TaskSpec]
+) -> tuple[Any, Mapping[str, str]]:
+    """A JSON submit after its checks: admission (`admit`), then the original task for a replay or the
+    new one (`spec` is built after admission, as the route always did). Returns the answer's payload and
+    extra headers; the FastAPI route and the thin path (api/fastsubmit.py) both answer with it."""
+    original, idem = await admit(svc, request, key)
+    if original is not None:
+        return dialect.accepted(original), REPLAYED
+    task = await svc.engine.submit(spec(), key.id, idempotency=idem)
+    return dialect.accepted(task), {}
 
 
 async def file_digests(files: Sequence[tuple[str, UploadFile]]) -> list[tuple[str, str, str]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 from starlette.datastructures import Headers
@@ -20,12 +20,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mediarelay.api.admission import REPLAYED, admit
+from mediarelay.api.admission import submit_admitted
 from mediarelay.api.fastpath import ROUTE_KEY
 from mediarelay.api.limits import replayed
 from mediarelay.api.routes import sandbox_controls, webhook_controls
 from mediarelay.dialects.base import Dialect
 from mediarelay.domain import ErrorKind, MediarelayError, TaskSpec
+from mediarelay.store.keys import ApiKey
 
 if TYPE_CHECKING:
     from mediarelay.api.services import Services
@@ -54,15 +55,12 @@ class FastSubmit:
         if checked is None:
             await self.app(scope, replay, send)  # the framework answers, errors included
             return
-        key_id, spec, request = checked[0], checked[1], Request(scope, replay)
+        key, spec = checked
         scope[ROUTE_KEY] = dialect.submit_path
         try:
-            original, idem = await admit(self.svc, request, checked[2])
-            if original is not None:
-                payload, headers = dialect.accepted(original), REPLAYED
-            else:
-                task = await self.svc.engine.submit(spec, key_id, idempotency=idem)
-                payload, headers = dialect.accepted(task), {}
+            payload, headers = await submit_admitted(
+                self.svc, dialect, Request(scope, replay), key, lambda: spec
+            )
         except MediarelayError as exc:
             await _respond(send, self.svc.errors.response(scope["path"], exc))
             return
@@ -82,8 +80,8 @@ class FastSubmit:
         )
         await send({"type": "http.response.body", "body": raw})
 
-    async def _check(self, dialect: Dialect, scope: Scope, body: bytes) -> tuple[str, TaskSpec, Any] | None:
-        """(key id, spec, key) when the submit is well-formed and authorised; None: let the framework
+    async def _check(self, dialect: Dialect, scope: Scope, body: bytes) -> tuple[ApiKey, TaskSpec] | None:
+        """(key, spec) when the submit is well-formed and authorised; None: let the framework
         decide (it also answers every error). Nothing here has a side effect."""
         headers = Headers(scope=scope)
         if scope.get("query_string") or not _is_json(headers.get("content-type", "")) or b"\\u0000" in body:
@@ -95,7 +93,7 @@ class FastSubmit:
             spec = webhook_controls(spec, headers, self.svc.webhooks.guard)
         except Exception:
             return None
-        return key.id, spec, key
+        return key, spec
 
 
 def _is_json(content_type: str) -> bool:

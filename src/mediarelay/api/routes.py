@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
-from mediarelay.api.admission import IDEMPOTENCY_OPENAPI, REPLAYED, admit, file_digests
+from mediarelay.api.admission import IDEMPOTENCY_OPENAPI, REPLAYED, admit, file_digests, submit_admitted
 from mediarelay.api.errors import refuse_nul
 from mediarelay.api.files import serve_stored
 from mediarelay.api.services import Services
@@ -157,13 +157,14 @@ def dialect_router(dialect: Dialect) -> APIRouter:
     require_key = key_dependency(dialect)
 
     async def submit(request: Request, body: model, key: ApiKey = Depends(require_key)) -> Response:  # type: ignore[valid-type]
-        original, idem = await admit(services(request), request, key)  # rate limit, Idempotency-Key
-        if original is not None:
-            return json_response(dialect.accepted(original), headers=REPLAYED)
-        spec = sandbox_controls(dialect.parse(body), request.headers)
-        spec = webhook_controls(spec, request.headers, services(request).webhooks.guard)
-        task = await services(request).engine.submit(spec, key.id, idempotency=idem)
-        return json_response(dialect.accepted(task))
+        svc = services(request)
+
+        def spec() -> TaskSpec:
+            parsed = sandbox_controls(dialect.parse(body), request.headers)
+            return webhook_controls(parsed, request.headers, svc.webhooks.guard)
+
+        payload, headers = await submit_admitted(svc, dialect, request, key, spec)
+        return json_response(payload, headers=headers)
 
     if dialect.upload_fields:  # JSON or multipart/form-data with files
         add_upload_submit(router, dialect)
