@@ -40,6 +40,12 @@ def lua(key: str) -> str:
     )
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the process and its threads so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=10)
@@ -71,7 +77,9 @@ def main() -> None:
                  "-r", "200", "--format", "raw", "-o", str(args.profile), "--gil"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
+        cpu_before = cpu_seconds(proc.pid)
         ours = wrk(f"http://127.0.0.1:{port}/v1/tasks", args.connections, args.duration, script)
+        cpu_used = cpu_seconds(proc.pid) - cpu_before
         if spy is not None:
             spy.wait()
         time.sleep(0.5)
@@ -89,6 +97,8 @@ def main() -> None:
     acked = ours.requests - ours.errors
     print(f"mediarelay ({args.server}): {ours.rps:,.0f} submits/s, p50 {ours.p50:.2f} ms, p99 {ours.p99:.2f} ms, "
           f"{ours.errors} non-2xx/errors; acknowledged {acked}, stored after SIGKILL {stored}")  # fmt: skip
+    # CPU per submit is steadier than submits/s on a machine whose speed varies from run to run.
+    print(f"server CPU per acknowledged submit: {cpu_used / max(acked, 1) * 1000:.2f} ms")
     print(f"nginx fixed answer: {ref.rps:,.0f} req/s, p50 {ref.p50:.2f} ms, p99 {ref.p99:.2f} ms")
     print(f"ratio {ours.rps / ref.rps:.3f}; durable: {'yes' if stored >= acked else 'NO'}")
     shutil.rmtree(tmp, ignore_errors=True)

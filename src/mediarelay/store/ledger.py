@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, case, func, insert, literal, or_, select, update
+from sqlalchemy import Connection, Row, bindparam, case, func, insert, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from mediarelay.store.schema import accounts, billing_prices, idempotency_keys, ledger, task_charges
@@ -167,6 +167,26 @@ def set_limits(
     return bool(result.rowcount)
 
 
+# Prebuilt: every charged submit moves money (building the statements cost more than running them).
+_MOVE = (
+    update(accounts)
+    .where(accounts.c.key_id == bindparam("m_key_id"))
+    .values(
+        balance=accounts.c.balance + bindparam("m_amount"),
+        used=accounts.c.used + bindparam("m_used"),
+        updated_at=bindparam("m_now"),
+    )
+    .returning(accounts.c.balance)
+)
+_MOVE_GUARDED = _MOVE.where(
+    or_(
+        accounts.c.credit_limit.is_(None),
+        accounts.c.balance + bindparam("m_amount") >= -accounts.c.credit_limit,
+    )
+)
+_INSERT_ENTRY = insert(ledger).returning(ledger.c.id)
+
+
 def move(
     conn: Connection,
     key_id: str,
@@ -184,20 +204,9 @@ def move(
     step of the caller's transaction. With `guard`, refuse (None, nothing written) when the balance would
     end below the key's credit limit."""
     assert kind in KINDS
-    condition = accounts.c.key_id == key_id
-    if guard and amount < 0:
-        condition = and_(
-            condition,
-            or_(
-                accounts.c.credit_limit.is_(None),
-                accounts.c.balance + amount >= -accounts.c.credit_limit,
-            ),
-        )
     row = conn.execute(
-        update(accounts)
-        .where(condition)
-        .values(balance=accounts.c.balance + amount, used=accounts.c.used + used, updated_at=now)
-        .returning(accounts.c.balance)
+        _MOVE_GUARDED if guard and amount < 0 else _MOVE,
+        {"m_key_id": key_id, "m_amount": amount, "m_used": used, "m_now": now},
     ).first()
     if row is None:
         return None
@@ -211,7 +220,7 @@ def move(
         "note": note,
         "created_at": now,
     }
-    entry_id = conn.execute(insert(ledger).values(**values).returning(ledger.c.id)).scalar_one()
+    entry_id = conn.execute(_INSERT_ENTRY, values).scalar_one()
     return Entry(id=int(entry_id), **values)  # type: ignore[arg-type]
 
 

@@ -96,7 +96,6 @@ class StepQueue(Protocol):
 
 _INSERT_TASK = insert(tasks)
 _INSERT_EVENT = insert(task_events)
-_SELECT_TASK = select(tasks).where(tasks.c.id == bindparam("id"))
 _SCHEDULE = (
     update(tasks)
     .where(and_(tasks.c.id == bindparam("cas_id"), tasks.c.version == bindparam("cas_version")))
@@ -264,8 +263,8 @@ class TaskRepo:
             return exc
         if idem is not None:
             ledger.remember_idempotent(conn, key_id, idem.key, idem.fingerprint, task_id, now)
-        self._insert(conn, task_id, spec, key_id, None, now, runnable=True)
-        return _task(conn.execute(_SELECT_TASK, {"id": task_id}).one()), True  # no assets yet
+        # The new row is known from its own values: no read-back (one statement fewer per submit).
+        return self._insert(conn, task_id, spec, key_id, None, now, runnable=True), True
 
     def _insert(
         self,
@@ -277,36 +276,55 @@ class TaskRepo:
         now: int,
         *,
         runnable: bool,
-    ) -> None:
+    ) -> Task:
+        """Insert the task row and its first event; returns the stored task (seq from the insert)."""
         # Prebuilt statements with parameter dicts: compiled once, not rebuilt per submit (hot path).
-        conn.execute(
-            _INSERT_TASK,
-            {
-                "id": task_id,
-                "public_id": spec.public_id,
-                "dialect": spec.dialect,
-                "key_id": key_id,
-                "parent_id": parent_id,
-                "model": spec.model,
-                "operation": spec.operation.value,
-                "params": spec.params,
-                "request": spec.request,
-                "attempt": 0,
-                # A fan-out parent does no work of its own: it is woken when a child changes.
-                "next_run_at": now if runnable else None,
-                "status": Status.QUEUED.value,
-                "progress": 0,
-                "created_at": now,
-                "updated_at": now,
-                "version": 1,
-            },
-        )
+        values: dict[str, Any] = {
+            "id": task_id,
+            "public_id": spec.public_id,
+            "dialect": spec.dialect,
+            "key_id": key_id,
+            "parent_id": parent_id,
+            "model": spec.model,
+            "operation": spec.operation.value,
+            "params": spec.params,
+            "request": spec.request,
+            "attempt": 0,
+            # A fan-out parent does no work of its own: it is woken when a child changes.
+            "next_run_at": now if runnable else None,
+            "status": Status.QUEUED.value,
+            "progress": 0,
+            "created_at": now,
+            "updated_at": now,
+            "version": 1,
+        }
+        inserted = conn.execute(_INSERT_TASK, values).inserted_primary_key
+        assert inserted is not None
+        seq = inserted[0]
         conn.execute(
             _INSERT_EVENT,
             {"task_id": task_id, "version": 1, "status": Status.QUEUED.value, "progress": 0, "at": now},
         )
         if runnable:
             self._due(conn, task_id, now)
+        return Task(
+            id=task_id,
+            seq=int(seq),
+            public_id=spec.public_id,
+            dialect=spec.dialect,
+            key_id=key_id,
+            parent_id=parent_id,
+            model=spec.model,
+            operation=spec.operation,
+            params=spec.params,
+            request=spec.request,
+            next_run_at=values["next_run_at"],
+            status=Status.QUEUED,
+            progress=0,
+            created_at=now,
+            updated_at=now,
+            version=1,
+        )
 
     # -- reads --------------------------------------------------------------------------------
 
