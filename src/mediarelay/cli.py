@@ -79,7 +79,7 @@ def serve(
 ) -> None:
     """Run the gateway: API, status fast path and the engine (embedded: SQLite and local files)."""
     from mediarelay.api import serving
-    from mediarelay.api.app import create_app
+    from mediarelay.api.app import create_apps
 
     settings = load_settings(data_dir, host=host, port=port, server=server)
     services = build_services(settings)
@@ -92,7 +92,7 @@ def serve(
         say(settings, "Created the admin key. It is shown once (on stdout); store it now.")
         print(secret, flush=True)
     say(settings, f"mediarelay listening on {settings.base_url} (data in {settings.data_dir.resolve()})")
-    serving.run(create_app(services=services), settings, drain=services.views.drain)
+    serving.run(create_apps(services=services), settings, drain=services.views.drain)
 
 
 @app.command()

@@ -38,6 +38,11 @@ _PREFIX = os.urandom(5).hex()
 _counter = itertools.count(1)
 
 
+def plain_request_id(value: str | None) -> str | None:
+    """A client's X-Request-Id when it is plain enough to log and echo as it is, else None."""
+    return value if value is not None and _PLAIN.fullmatch(value.encode("latin-1", "replace")) else None
+
+
 def new_request_id() -> str:
     """Unique per process start and request: 10 random hex digits, then a counter."""
     return f"{_PREFIX}-{next(_counter):x}"

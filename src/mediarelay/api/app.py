@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp
@@ -15,6 +16,7 @@ from mediarelay.api.fastsubmit import FastSubmit
 from mediarelay.api.limits import BodyLimit
 from mediarelay.api.metrics import instrument
 from mediarelay.api.routes import dialect_router
+from mediarelay.api.rsgi import RsgiFront
 from mediarelay.api.services import Services
 from mediarelay.config import Settings
 from mediarelay.dialects import DIALECTS
@@ -22,8 +24,21 @@ from mediarelay.logs import RequestId
 from mediarelay.web import router as admin_ui
 
 
+@dataclass(frozen=True)
+class Apps:
+    """The app for ASGI servers, and the same app behind granian's native interface (`api/rsgi.py`)."""
+
+    asgi: ASGIApp
+    rsgi: RsgiFront
+
+
 def create_app(settings: Settings | None = None, services: Services | None = None) -> ASGIApp:
     """Build the app; the services (database, engine, driver) start and stop with its lifespan."""
+    return create_apps(settings, services).asgi
+
+
+def create_apps(settings: Settings | None = None, services: Services | None = None) -> Apps:
+    """Build the app in both interfaces; the services start and stop with the ASGI app's lifespan."""
     svc = services or Services.build(settings or Settings())
 
     @asynccontextmanager
@@ -58,4 +73,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     # code runs.
     app: ASGIApp = BodyLimit(FastSubmit(api, svc, DIALECTS), svc.errors, svc.settings.max_body_bytes)
     # The request id layer is outside everything, so every log line of a request carries its id.
-    return RequestId(instrument(FastStatus(app, svc.status, DIALECTS), api.state, svc.db, svc.channels))
+    fast = FastStatus(app, svc.status, DIALECTS)
+    asgi = RequestId(instrument(fast, api.state, svc.db, svc.channels))
+    return Apps(asgi, RsgiFront(asgi, fast, api.state.metrics.http.series))

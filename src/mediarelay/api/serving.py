@@ -1,4 +1,5 @@
-"""Running the ASGI app under an HTTP server: granian by default, uvicorn as the alternative.
+"""Running the app under an HTTP server: granian by default (its native interface, RSGI, with the ASGI
+app behind it: `api/rsgi.py`), uvicorn as the alternative (ASGI).
 
 Both run in this process (granian through its embedded server) so the services built by `serve`
 (database, engine, driver) are the ones the app uses, and SIGTERM/SIGINT stop them gracefully: the
@@ -17,6 +18,7 @@ from types import FrameType
 
 from starlette.types import ASGIApp
 
+from mediarelay.api.app import Apps
 from mediarelay.config import Settings
 from mediarelay.logs import GRANIAN_JSON_CONFIG
 
@@ -24,7 +26,7 @@ GRACE_SECONDS = 10
 BACKLOG = 2048  # many clients connect at once (pollers after a restart); the kernel caps it anyway
 
 
-def run(app: ASGIApp, settings: Settings, drain: Callable[[], None]) -> None:
+def run(apps: Apps, settings: Settings, drain: Callable[[], None]) -> None:
     """Serve until SIGTERM/SIGINT; `drain` runs first on the signal (it answers held long-polls)."""
     # Everything built so far (the app, its routes and schemas, the dialects' models) lives as long as
     # the process: keep it out of the garbage collector's full passes, which otherwise walk it all and
@@ -32,9 +34,9 @@ def run(app: ASGIApp, settings: Settings, drain: Callable[[], None]) -> None:
     gc.collect()
     gc.freeze()
     if settings.server == "uvicorn":
-        run_uvicorn(app, settings, drain)
+        run_uvicorn(apps.asgi, settings, drain)
     else:
-        run_granian(app, settings, drain)
+        run_granian(apps, settings, drain)
 
 
 def run_uvicorn(app: ASGIApp, settings: Settings, drain: Callable[[], None]) -> None:
@@ -61,15 +63,16 @@ def run_uvicorn(app: ASGIApp, settings: Settings, drain: Callable[[], None]) -> 
     Server(config).run()
 
 
-def run_granian(app: ASGIApp, settings: Settings, drain: Callable[[], None]) -> None:
+def run_granian(apps: Apps, settings: Settings, drain: Callable[[], None]) -> None:
+    from asgi_lifespan import LifespanManager
     from granian.constants import HTTPModes, Interfaces
     from granian.server.embed import Server
 
     server = Server(
-        app,
+        apps.rsgi,
         address=settings.host,
         port=settings.port,
-        interface=Interfaces.ASGI,
+        interface=Interfaces.RSGI,
         http=HTTPModes.http1,
         backlog=BACKLOG,
         log_access=settings.access_log,
@@ -84,9 +87,11 @@ def run_granian(app: ASGIApp, settings: Settings, drain: Callable[[], None]) -> 
             drain()
             server.stop()  # type: ignore[no-untyped-call]
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop)
-        await server.serve()
+        # RSGI has no lifespan: the ASGI app's (services start, then stop once the server has) runs here.
+        async with LifespanManager(apps.asgi, startup_timeout=None, shutdown_timeout=None):
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop)
+            await server.serve()
 
     logging.getLogger("mediarelay").info("serving with granian on %s:%s", settings.host, settings.port)
     try:
