@@ -230,6 +230,15 @@ def main() -> None:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(r.content)
         nginx = start_nginx(work, root=root)
+        # The ceiling of any Python app on granian here: a bare app answering one of the same responses.
+        bare_port = free_port()
+        first = root / next(iter(picked)) / "0.json"
+        bare_app = [str(BIN.parent / "python"), str(Path(__file__).with_name("bare_app.py"))]
+        bare_cmd = [*bare_app, str(first), str(bare_port), "rsgi"]
+        procs.append(subprocess.Popen(bare_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        bare = f"http://127.0.0.1:{bare_port}"
+        wait_http(bare + "/", timeout=30)
+        ceiling: dict[int, WrkResult] = {}
 
         print(
             f"\nwrk -t1 -d{args.duration}s, {args.rounds} interleaved rounds, {args.sample} random tasks per"
@@ -252,6 +261,8 @@ def main() -> None:
                 for _ in range(args.rounds):
                     ng.append(wrk(nginx.base, conns, args.duration, ng_script))
                     mr.append(wrk(base, conns, args.duration, mr_script))
+                if conns not in ceiling:
+                    ceiling[conns] = wrk(bare, conns, args.duration, ng_script)
                 bad = sum(r.errors for r in mr + ng)
                 m_rps, n_rps = mean(mr, "rps"), mean(ng, "rps")
                 m_p99, n_p99 = mean(mr, "p99"), mean(ng, "p99")
@@ -262,6 +273,9 @@ def main() -> None:
                     f" | {m_p99 / n_p99:.2f} |" + (f" ({bad} errors)" if bad else ""),
                     flush=True,
                 )
+        print("\nbare granian app (RSGI) answering the same bytes, no work at all: Python's ceiling here")
+        for conns, r in ceiling.items():
+            print(f"  {conns} conns: {r.rps:,.0f} req/s, p50 {r.p50:.2f} / p99 {r.p99:.2f} ms")
     finally:
         if nginx is not None:
             nginx.stop()
