@@ -257,6 +257,10 @@ class Settings(BaseSettings):
     master_key: str | None = Field(default=None, repr=False)
     # The HTTP server: granian (Rust, in this process; the faster one) or uvicorn (uvloop + httptools).
     server: Literal["granian", "uvicorn"] = "granian"
+    # Requests one node handles at once; more wait in the server. Held long-polls and event streams
+    # count: each is a parked coroutine (a few KB), so the bound is high (granian's default, 2,048,
+    # left a node with 10,000 waiting clients answering everyone else tens of seconds late).
+    max_requests_in_flight: int = Field(default=16384, ge=64)
     workers: int = 32  # concurrent engine steps per node (in-process driver or job worker)
     # Where background steps run: "inprocess" (the task table is the queue; one node), "procrastinate"
     # (jobs on PostgreSQL; any number of API nodes and workers), "auto": procrastinate on PostgreSQL.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import json
 import time
@@ -159,3 +160,38 @@ def test_streams_opened_at_once_after_submit_skip_no_version(
         seen = list(pool.map(versions_seen, range(24)))
     gaps = [v for v in seen if v != list(range(v[0], v[-1] + 1))]
     assert not gaps, f"{len(gaps)} of {len(seen)} streams skipped a version: {gaps[:3]}"
+
+
+def test_thousands_of_held_long_polls_leave_the_node_answering(server: Server, api: httpx.Client) -> None:
+    """Held long-polls count as requests in flight; granian's default bound (2,048) made everyone else
+    wait behind 10,000 watchers until theirs ended. 2,500 are held here while others are answered."""
+    task_id = api.post("/pika/generate", json=PIKA, headers={"X-Sandbox-Queue": "600"}).json()["id"]
+    time.sleep(0.5)  # dispatched; its answer now stays the same for ten minutes
+    etag = api.get(f"/pika/feed/{task_id}").headers["etag"]
+    request = (
+        f"GET /pika/feed/{task_id}?wait=6 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: {api.headers['authorization']}\r\nIf-None-Match: {etag}\r\n\r\n"
+    ).encode()
+
+    async def hold() -> int:
+        """One long-poll on its own connection (plain sockets: thousands of them in a client pool are slow)."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(request)
+        await writer.drain()
+        status_line = await reader.readline()
+        writer.close()
+        return int(status_line.split()[1])
+
+    async def scenario() -> tuple[int, int, int, set[int]]:
+        polls = [asyncio.create_task(hold()) for _ in range(2500)]
+        await asyncio.sleep(2)  # all sent and parked
+        async with httpx.AsyncClient(base_url=server.base_url, headers=dict(api.headers)) as client:
+            health = await client.get("/healthz")
+            status = await client.get(f"/pika/feed/{task_id}")
+        finished_meanwhile = sum(p.done() for p in polls)
+        return health.status_code, status.status_code, finished_meanwhile, set(await asyncio.gather(*polls))
+
+    health, status, finished_meanwhile, answers = asyncio.run(scenario())
+    assert health == 200 and status == 200
+    assert finished_meanwhile == 0  # answered while every long-poll was still held, not after them
+    assert answers == {304}  # and each long-poll ran its full wait, unchanged

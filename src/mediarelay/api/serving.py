@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import resource
 import signal
 from collections.abc import Callable
 from types import FrameType
@@ -33,10 +34,20 @@ def run(apps: Apps, settings: Settings, drain: Callable[[], None]) -> None:
     # stall every request in flight (the status path's p99 under many connections).
     gc.collect()
     gc.freeze()
+    raise_open_files(settings.max_requests_in_flight + 1024)
     if settings.server == "uvicorn":
         run_uvicorn(apps.asgi, settings, drain)
     else:
         run_granian(apps, settings, drain)
+
+
+def raise_open_files(wanted: int) -> None:
+    """Every connection is a file descriptor: lift the soft limit towards `wanted` (never above the hard
+    limit an operator set), as nginx's worker_rlimit_nofile does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def run_uvicorn(app: ASGIApp, settings: Settings, drain: Callable[[], None]) -> None:
@@ -59,6 +70,7 @@ def run_uvicorn(app: ASGIApp, settings: Settings, drain: Callable[[], None]) -> 
         lifespan="on",
         timeout_graceful_shutdown=GRACE_SECONDS,
         backlog=BACKLOG,
+        limit_concurrency=settings.max_requests_in_flight,  # over it uvicorn answers 503 at once
     )
     Server(config).run()
 
@@ -75,6 +87,7 @@ def run_granian(apps: Apps, settings: Settings, drain: Callable[[], None]) -> No
         interface=Interfaces.RSGI,
         http=HTTPModes.http1,
         backlog=BACKLOG,
+        backpressure=settings.max_requests_in_flight,
         log_access=settings.access_log,
         log_level="info",  # type: ignore[arg-type]  # granian accepts the level's name
         log_dictconfig=GRANIAN_JSON_CONFIG if settings.log_format == "json" else None,
