@@ -78,3 +78,13 @@ def test_a_client_leaving_a_stream_early_leaves_the_server_serving(server: Serve
             assert first  # the current state is sent at once; then the client hangs up mid-stream
     assert api.get(f"/v1/tasks/{task_id}").status_code == 200
     assert httpx.get(f"{server.base_url}/healthz").status_code == 200
+
+
+def test_a_finished_tasks_stream_ends_on_its_own(server: Server, api: httpx.Client) -> None:
+    """A streamed answer ends when the app is done with it (once it waited for the garbage collector)."""
+    task_id = api.post("/v1/tasks", json=IMAGE, headers={"X-Sandbox-Duration": "0.1"}).json()["id"]
+    wait_until(lambda: api.get(f"/v1/tasks/{task_id}").json(), lambda v: v["status"] == "succeeded", timeout=30)
+    for _ in range(3):
+        with api.stream("GET", f"/v1/tasks/{task_id}/events", timeout=10) as stream:
+            lines = list(stream.iter_lines())  # a ReadTimeout here: the body never ended
+        assert any(line.startswith("data:") and '"succeeded"' in line for line in lines)

@@ -120,7 +120,12 @@ class AsgiExchange:
         self.status = 500
         self.headers: list[tuple[str, str]] = []
         self.started = False
+        # A streamed answer ends when granian's transport object is freed, not when the app returns: the
+        # one reference is held here and dropped as soon as the body is complete (a task of the app that
+        # outlives the answer, or a reference cycle awaiting the garbage collector, would otherwise keep
+        # the client waiting for the end of the body).
         self.stream: Any = None
+        self.streamed = False
         self.finished = False
 
     def scope(self) -> dict[str, Any]:
@@ -151,8 +156,10 @@ class AsgiExchange:
                 self.finished = True
             raise
         finally:
-            if self.started and not self.finished and self.stream is None:
+            if self.started and not self.finished and not self.streamed:
                 self.proto.response_bytes(self.status, self.headers, b"")
+            self.finished = True
+            self.stream = None  # ends a streamed body the app left open
         if not self.started:
             self.proto.response_bytes(500, [("content-type", "text/plain")], b"Internal Server Error")
 
@@ -188,17 +195,20 @@ class AsgiExchange:
             raise RuntimeError("the response body came before its start")
         body = message.get("body", b"")
         more = message.get("more_body", False)
-        if self.stream is None:
+        if not self.streamed:
             if not more:
                 self.finished = True
                 self.proto.response_bytes(self.status, self.headers, body)
                 return
             self.stream = self.proto.response_stream(self.status, self.headers)
+            self.streamed = True
         try:
             if body:
                 await self.stream.send_bytes(body)
         except Exception as exc:  # granian's ProtocolClosed: the client went away
             self.finished = True
+            self.stream = None
             raise OSError("the client disconnected") from exc
         if not more:
             self.finished = True
+            self.stream = None  # the last reference: freeing it ends the body
