@@ -48,6 +48,9 @@ class ViewCache:
         self._natives: dict[str, View] = {}  # task id -> the native view
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._subscribers: dict[str, set[asyncio.Queue[View | None]]] = {}
+        # Task ids deleted while this node ran (oldest first, bounded): a render that read the row just
+        # before its deletion must not put the task back in the cache after `drop`.
+        self._gone: dict[str, None] = {}
         self.draining = False  # shutting down: waits and streams end at once
 
     def url(self, asset: Asset) -> str:
@@ -83,6 +86,8 @@ class ViewCache:
 
     def _put(self, own: View, native: View) -> bool:
         """Store both views unless a newer version is already there; True when stored."""
+        if own.task_id in self._gone:
+            return False  # deleted while this render was under way
         current = self._natives.get(own.task_id)
         if current is not None and current.version > own.version:
             return False  # a newer version won a race with this render
@@ -137,8 +142,7 @@ class ViewCache:
         clients waiting on it; otherwise there is nothing here to update."""
         current = self._natives.get(task_id)
         if version == DELETED:
-            if current is not None:
-                self.drop(current.public_id)
+            self.drop(current.public_id if current is not None else "", task_id)
             return
         if current is not None and current.version >= version:
             return  # this node made the change itself, or already rendered a newer one
@@ -170,10 +174,16 @@ class ViewCache:
             for queue in queues:
                 queue.put_nowait(None)
 
-    def drop(self, public_id: str) -> None:
+    def drop(self, public_id: str, task_id: str | None = None) -> None:
+        """The task was deleted: forget its views, and refuse any render of it still under way."""
         own = self._views.pop(public_id, None)
         if own is not None:
             self._natives.pop(own.task_id, None)
+        gone = task_id or (own.task_id if own is not None else None)
+        if gone is not None:
+            self._gone[gone] = None
+            if len(self._gone) > MAX_VIEWS:
+                del self._gone[next(iter(self._gone))]
 
     # -- waiting for changes ---------------------------------------------------------------------
 
