@@ -42,6 +42,6 @@ def test_a_render_that_read_the_row_before_its_deletion_does_not_bring_it_back()
 
     # A change handler read `deleted` from the database, then the task was deleted and dropped, then the
     # handler's render arrives: on PostgreSQL this served a deleted task (200 instead of 404) in CI.
-    views.drop(deleted.public_id, deleted.id)
+    views.drop(deleted.id)
     asyncio.run(views.refresh(deleted))
     assert views.get_native(deleted.id) is None and views.get(deleted.public_id) is None

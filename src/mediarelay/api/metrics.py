@@ -88,12 +88,18 @@ class HttpMetrics:
             elapsed = perf_counter() - start
             route = scope.get(ROUTE_KEY) or getattr(scope.get("route"), "path", None) or UNMATCHED
             method = scope["method"]
-            key = (method if method in METHODS else "other", route, status)
-            series = self.series.get(key)
-            if series is None:
-                series = self.series[key] = [0.0] * SERIES
-            series[bisect_left(BUCKETS, elapsed)] += 1  # bucket `le` holds values <= le
-            series[-1] += elapsed
+            observe(self.series, (method if method in METHODS else "other", route, status), elapsed)
+
+
+def observe(
+    series_by_key: dict[tuple[str, str, int], list[float]], key: tuple[str, str, int], elapsed: float
+) -> None:
+    """Count one request of `key` (method, route, status) that took `elapsed` seconds."""
+    series = series_by_key.get(key)
+    if series is None:
+        series = series_by_key[key] = [0.0] * SERIES
+    series[bisect_left(BUCKETS, elapsed)] += 1  # bucket `le` holds values <= le
+    series[-1] += elapsed
 
 
 @dataclass(frozen=True)

@@ -523,7 +523,7 @@ def delete_endpoint(dialect: Dialect, route: DeleteRoute) -> Endpoint:
             task = await svc.engine.cancel(task)
         removed = await asyncio.to_thread(svc.tasks.delete, task)
         for gone in removed:
-            svc.views.drop(gone.public_id, gone.id)
+            svc.views.drop(gone.id)
         await asyncio.to_thread(remove_task_files, svc, removed)
         return json_response(route.render(task))
 

@@ -10,14 +10,13 @@ the caller (`serving.py`), since RSGI has none.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from time import perf_counter
 from typing import Any, Protocol
 
 from starlette.types import ASGIApp, Message
 
 from mediarelay.api.fastpath import FastStatus
-from mediarelay.api.metrics import BUCKETS, SERIES
+from mediarelay.api.metrics import observe
 from mediarelay.logs import HEADER, new_request_id, plain_request_id, request_id
 
 REQUEST_ID = HEADER.decode()
@@ -89,13 +88,7 @@ class RsgiFront:
         out.append((REQUEST_ID, rid))
         # A HEAD answer keeps the body's length: hyper sends the headers only.
         proto.response_bytes(answer.status, out, b"" if answer.status == 304 else answer.body)
-        key = (method, dialect.status_path, answer.status)
-        series = self.series.get(key)
-        if series is None:
-            series = self.series[key] = [0.0] * SERIES
-        elapsed = perf_counter() - start
-        series[bisect_left(BUCKETS, elapsed)] += 1
-        series[-1] += elapsed
+        observe(self.series, (method, dialect.status_path, answer.status), perf_counter() - start)
 
     async def _asgi(self, scope: Scope, proto: Any) -> None:
         """Run the ASGI app for this request: RSGI scope → ASGI scope, body in, answer out."""

@@ -238,7 +238,7 @@ class Services:
             interval_seconds=r.interval_seconds,
             batch=r.batch,
             changed=self.views.refresh if embedded else None,
-            removed=(lambda task: self.views.drop(task.public_id, task.id)) if embedded else None,
+            removed=(lambda task: self.views.drop(task.id)) if embedded else None,
         )
 
     async def stop(self) -> None:

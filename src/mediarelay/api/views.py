@@ -142,7 +142,7 @@ class ViewCache:
         clients waiting on it; otherwise there is nothing here to update."""
         current = self._natives.get(task_id)
         if version == DELETED:
-            self.drop(current.public_id if current is not None else "", task_id)
+            self.drop(task_id)
             return
         if current is not None and current.version >= version:
             return  # this node made the change itself, or already rendered a newer one
@@ -174,16 +174,14 @@ class ViewCache:
             for queue in queues:
                 queue.put_nowait(None)
 
-    def drop(self, public_id: str, task_id: str | None = None) -> None:
+    def drop(self, task_id: str) -> None:
         """The task was deleted: forget its views, and refuse any render of it still under way."""
-        own = self._views.pop(public_id, None)
-        if own is not None:
-            self._natives.pop(own.task_id, None)
-        gone = task_id or (own.task_id if own is not None else None)
-        if gone is not None:
-            self._gone[gone] = None
-            if len(self._gone) > MAX_VIEWS:
-                del self._gone[next(iter(self._gone))]
+        native = self._natives.pop(task_id, None)
+        if native is not None:
+            self._views.pop(native.public_id, None)  # both views carry the task's public id
+        self._gone[task_id] = None
+        if len(self._gone) > MAX_VIEWS:
+            del self._gone[next(iter(self._gone))]
 
     # -- waiting for changes ---------------------------------------------------------------------
 

@@ -96,11 +96,6 @@ class StepQueue(Protocol):
 
 _INSERT_TASK = insert(tasks)
 _INSERT_EVENT = insert(task_events)
-_SCHEDULE = (
-    update(tasks)
-    .where(and_(tasks.c.id == bindparam("cas_id"), tasks.c.version == bindparam("cas_version")))
-    .values(next_run_at=bindparam("set_next_run_at"))
-)
 _UPDATES: dict[frozenset[str], Update] = {}
 
 
@@ -116,6 +111,9 @@ def _update_of(columns: frozenset[str]) -> Update:
         )
         _UPDATES[columns] = statement
     return statement
+
+
+_SCHEDULE = _update_of(frozenset({"next_run_at"}))
 
 
 def new_task_id() -> str:
